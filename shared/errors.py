@@ -1,0 +1,25 @@
+"""Errors raised by the framework-free core; every message says what was wrong and where."""
+from __future__ import annotations
+
+
+class RosettaError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class SpecError(RosettaError, ValueError):
+    """A spec file or an override is invalid.
+
+    The message names the file, the JSON path (``$.layers[12].kernel_size``) and what was
+    expected, so that a user can fix the spec without reading a traceback.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None):
+        self.file = file
+        self.path = path
+        self.detail = message
+        where = ": ".join(p for p in (file, path) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class WeightError(RosettaError, ValueError):
+    """A weight file does not fit the model (names, shapes, metadata) or cannot be read."""

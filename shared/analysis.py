@@ -30,6 +30,7 @@ class LayerStats:
     receptive_field: tuple[int, int] | None
     jump: tuple[int, int] | None
     training_only: bool
+    activation: str | None = None  # fused activation applied to the output
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def analyze(spec: ModelSpec) -> Summary:
                               (j_in[0] * sh, j_in[1] * sw))
         cur = rf[layer.name]
         rows.append(LayerStats(layer.name, layer.op, layer.out_shape, params, buffers, macs,
-                               cur[0] if cur else None, cur[1] if cur else None, layer.training_only))
+                               cur[0] if cur else None, cur[1] if cur else None, layer.training_only,
+                               layer.attrs.get("activation")))
     return Summary(spec.name, spec.input_shape, tuple(rows))
 
 
@@ -110,7 +112,8 @@ def human(n: float) -> str:
 def format_table(summary: Summary) -> str:
     """The shape trace as a text table, one row per layer, totals at the end."""
     head = ("layer", "op", "output (CxHxW)", "params", "MACs", "RF", "jump")
-    rows = [(l.name + (" *" if l.training_only else ""), l.op, _fmt_shape(l.output_shape),
+    rows = [(l.name + (" *" if l.training_only else ""), l.op + (f"+{l.activation}" if l.activation else ""),
+             _fmt_shape(l.output_shape),
              f"{l.params:,}", human(l.macs) if l.macs else "-", _fmt_pair(l.receptive_field), _fmt_pair(l.jump))
             for l in summary.layers]
     rows.insert(0, ("input", "", _fmt_shape(summary.input_shape), "", "", "1", "1"))
@@ -124,6 +127,6 @@ def format_table(summary: Summary) -> str:
     out.append("")
     out.append(f"total parameters: {summary.total_params:,}")
     if summary.inference_params != summary.total_params:
-        out.append(f"  without training-only layers (*): {summary.inference_params:,}")
+        out.append(f"  without training-only layers (*, auxiliary heads): {summary.inference_params:,}")
     out.append(f"total MACs (eval, per image): {summary.total_macs:,} ({human(summary.total_macs)})")
     return "\n".join(out)

@@ -1,0 +1,32 @@
+"""Shared fixtures: which frameworks are installed, small per-model configurations."""
+from __future__ import annotations
+
+import pytest
+
+from shared import frameworks as registry
+
+ALL_FRAMEWORKS = list(registry.FRAMEWORKS)
+AVAILABLE = registry.available()
+
+# Reduced configurations that keep every op of each model (grouped convs, LRN, ceil-mode
+# pools, overlapping adaptive-pool windows, aux heads) but run in seconds on 2 cores.
+SMALL = {
+    "alexnet": {"width_divisor": 4, "input_size": 96, "num_classes": 10},
+    "alexnet_paper": {"width_divisor": 4, "input_size": 112, "num_classes": 10},
+    "googlenet": {"width_divisor": 4, "input_size": 96, "num_classes": 10},
+    "googlenet_paper": {"width_divisor": 4, "input_size": 224, "num_classes": 10},
+    **{f"vgg{d}{bn}": {"width_divisor": 8, "input_size": 64, "num_classes": 10}
+       for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+}
+
+
+def needs(*frameworks: str) -> None:
+    missing = [f for f in frameworks if f not in AVAILABLE]
+    if missing:
+        pytest.skip(f"framework(s) not installed: {', '.join(missing)}")
+
+
+@pytest.fixture(params=ALL_FRAMEWORKS)
+def framework(request):
+    needs(request.param)
+    return request.param

@@ -52,7 +52,7 @@ def test_forward_parity_full_224(model):
 
 def test_tolerance_table_has_a_reason_for_every_entry():
     for key, tol in TOLERANCES.items():
-        assert 0 < tol.rel <= 1e-5, key
+        assert 0 < tol.rel <= (1e-5 if key[1] == "eval" else 1e-4), key
         assert len(tol.reason) > 40, key
 
 
@@ -65,3 +65,26 @@ def test_parity_inputs_are_nontrivial():
     assert abs(mean).min() > 0 and abs(var - 1).max() > 0.3 and mean.std() > 0.1
     assert all(abs(t).max() > 0 for t in w.values())
     assert all(t.std() > 0 for t in w.values() if t.size > 1)
+
+
+def test_train_tolerance_sits_above_fp32_noise():
+    """The reason in the table, as a check: one exact fp32 port against itself in fp64."""
+    needs("torch")
+    import torch
+
+    import torch_impl
+    from shared.parity import diff, make_input
+    from shared.tolerances import tolerance
+    from shared.weights import random_canonical
+
+    spec = parity_spec("googlenet", overrides=SMALL["googlenet"])
+    w, x = random_canonical(spec, 101), make_input(spec, 2, 0)
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        net = torch_impl.build_model(spec, channels_last=False)
+        torch_impl.import_weights(net, spec, w)
+        net = net.to(dtype).train()
+        with torch.no_grad():
+            out[dtype] = net(torch.from_numpy(x).to(dtype))["logits"].double().numpy()
+    noise = diff(out[torch.float64], out[torch.float32]).max_rel
+    assert tolerance("cpu", "eval").rel < noise < tolerance("cpu", "train").rel / 2

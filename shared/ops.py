@@ -130,6 +130,17 @@ def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
+def uniform_windows(windows: list[tuple[int, int]], size: int) -> tuple[int, int] | None:
+    """(kernel, stride) when ``windows`` over an axis of ``size`` are exactly those of a plain
+    unpadded pool (so a framework's native pooling layer can compute them), else None."""
+    k = windows[0][1] - windows[0][0]
+    s = windows[1][0] - windows[0][0] if len(windows) > 1 else k
+    if s > 0 and (size - k) // s + 1 == len(windows) and all(
+            (a, b) == (i * s, i * s + k) for i, (a, b) in enumerate(windows)):
+        return k, s
+    return None
+
+
 def _chw(shape: Shape, op: str) -> Shape:
     if len(shape) != 3:
         raise ValueError(f"{op} expects a (C, H, W) feature map, got shape {shape} (flattened?)")

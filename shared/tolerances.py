@@ -3,8 +3,8 @@
 A comparison passes when ``max_abs / scale <= rel``, where ``max_abs`` is the largest
 absolute difference between the reference output (the source framework's) and the target's,
 and ``scale`` is the largest absolute value of the reference output. Relative-to-scale keeps
-one number meaningful for logits of any magnitude; it is 10x stricter than the 1e-4 absolute
-tolerance of Hugging Face's cross-framework tests at logits of order 1.
+one number meaningful for logits of any magnitude; in eval mode it is 10x stricter than the
+1e-4 absolute tolerance of Hugging Face's cross-framework tests at logits of order 1.
 
 Never loosen an entry to make a test pass: find the cause (the mutation tests in
 ``parity_tests/test_mutations.py`` show what a real port error looks like: 1e-3 and up).
@@ -29,10 +29,14 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         "for all 12 models at 224x224 (see README).",
     ),
     ("cpu", "train"): Tolerance(
-        1e-5,
-        "fp32 on CPU in training mode: as eval, plus BatchNorm normalising by the batch's own "
-        "mean and variance (computed with different reduction orders per framework), and the "
-        "auxiliary heads' outputs compared too; dropout is set to 0 so no random masks enter.",
+        1e-4,
+        "fp32 on CPU in training mode (dropout 0, auxiliary heads compared too). BatchNorm on "
+        "batch statistics re-normalises every layer to unit scale, so the logits shrink from "
+        "~20-70 (eval, running statistics) to ~1 while the absolute rounding error stays ~1e-5: "
+        "the PyTorch port in fp32 against itself in fp64 is already 2.1e-5 relative on GoogLeNet "
+        "(96x96, batch 2; parity_tests/test_parity.py::test_train_tolerance_sits_above_fp32_noise), "
+        "so two exact fp32 ports may differ by twice that. 1e-4 keeps 2x headroom over the "
+        "measured pairs and 10x below the smallest seeded port fault.",
     ),
     ("gpu", "eval"): Tolerance(
         1e-5,
@@ -41,15 +45,17 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         "differs more than CPU kernels do, but stays at fp32 accuracy.",
     ),
     ("gpu", "train"): Tolerance(
-        1e-5,
-        "as GPU eval, plus batch-statistics BatchNorm as on CPU.",
+        1e-4,
+        "as GPU eval, plus batch-statistics BatchNorm, whose fp32 noise floor is the CPU train "
+        "entry's reason.",
     ),
     ("cpu-vs-gpu", "eval"): Tolerance(
         1e-5,
         "one framework on CPU against itself on GPU, strict fp32 on both: only kernel "
         "summation order differs.",
     ),
-    ("cpu-vs-gpu", "train"): Tolerance(1e-5, "as cpu-vs-gpu eval, with batch-statistics BatchNorm."),
+    ("cpu-vs-gpu", "train"): Tolerance(
+        1e-4, "as cpu-vs-gpu eval, with batch-statistics BatchNorm (see the CPU train entry)."),
 }
 
 

@@ -44,19 +44,31 @@ def expected_tensors(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def flatten_inputs(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
-    """Linear layers fed by a flatten of a feature map -> the ``(C, H, W)`` that was flattened.
+def flattened_maps(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
+    """Layers whose flat output is a ``(C, H, W)`` map's features -> that ``(C, H, W)``.
 
-    These are the layers whose weight rows must be permuted between channel-first (canonical)
-    and channel-last (Keras, Flax) flatten order.
+    Each flatten of a feature map, and the dropout layers that pass its output on in the same
+    order (torchvision AlexNet: flatten, dropout6, fc6). An NHWC framework holds these
+    activations in (H, W, C) order; the canonical order is (C, H, W).
     """
-    out = {}
+    out: dict[str, tuple[int, int, int]] = {}
     for layer in spec.layers:
-        if layer.op == "linear" and layer.inputs[0] in spec._index:
-            src = spec.layer(layer.inputs[0])
-            if src.op == "flatten" and len(src.in_shape) == 3:
-                out[layer.name] = tuple(src.in_shape)  # type: ignore[assignment]
+        if layer.op == "flatten" and len(layer.in_shape) == 3:
+            out[layer.name] = tuple(layer.in_shape)  # type: ignore[assignment]
+        elif layer.op == "dropout" and layer.inputs[0] in out:
+            out[layer.name] = out[layer.inputs[0]]
     return out
+
+
+def flatten_inputs(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
+    """Linear layers that read a flattened feature map -> the ``(C, H, W)`` that was flattened.
+
+    These are the layers whose weight columns must be permuted between channel-first
+    (canonical) and channel-last (Keras, Flax) flatten order.
+    """
+    flats = flattened_maps(spec)
+    return {layer.name: flats[layer.inputs[0]] for layer in spec.layers
+            if layer.op == "linear" and layer.inputs[0] in flats}
 
 
 def _listing(names: list[str], limit: int = 5) -> str:
@@ -89,7 +101,7 @@ def check_tensors(spec: ModelSpec, tensors: Mapping[str, Any], *, source: str = 
     missing = [n for n in expected if n not in tensors]
     unexpected = [n for n in tensors if n not in expected]
     if missing or unexpected:
-        parts = [f"{source} do not match model {spec.name!r}:"]
+        parts = [f"{source} do not match model {spec.name!r}"]
         if missing:
             parts.append(f"{len(missing)} missing tensor(s): {_listing(missing)}")
         if unexpected:
@@ -99,13 +111,13 @@ def check_tensors(spec: ModelSpec, tensors: Mapping[str, Any], *, source: str = 
             parts.append(f"the names look like model {guess!r}")
         elif spec.aux_outputs and any(".aux" in n or n.startswith("aux") for n in missing):
             parts.append("the file may come from a model built with aux_logits=false")
-        raise WeightError("; ".join(parts))
+        raise WeightError(parts[0] + ": " + "; ".join(parts[1:]))
     for name, shape in expected.items():
         got = tuple(np.shape(tensors[name]))
         if got != shape:
             raise WeightError(f"{source}: tensor {name!r} has shape {got}, model {spec.name!r} expects {shape}")
-        dtype = np.asarray(tensors[name]).dtype if not hasattr(tensors[name], "dtype") else tensors[name].dtype
-        if not np.issubdtype(np.dtype(str(dtype).replace("torch.", "")), np.floating):
+        dtype = getattr(tensors[name], "dtype", None) or np.asarray(tensors[name]).dtype
+        if "float" not in str(dtype):  # numpy, torch, TF and JAX dtypes all name floats so
             raise WeightError(f"{source}: tensor {name!r} has dtype {dtype}, expected a floating type")
 
 

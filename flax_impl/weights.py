@@ -1,0 +1,98 @@
+"""Canonical weights <-> a Flax NNX :class:`~flax_impl.model.SpecModel`.
+
+Each canonical tensor ``<layer>.<suffix>`` is one NNX variable of the submodule stored under
+the layer's name: conv2d / linear ``weight`` -> ``kernel`` and ``bias`` -> ``bias``;
+batch_norm ``weight`` -> ``scale``, ``bias`` -> ``bias``, ``running_mean`` -> ``mean``,
+``running_var`` -> ``var``. Layout conversions are in :mod:`flax_impl.layout`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from shared.errors import WeightError
+from shared.spec import Layer, ModelSpec
+from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
+
+from . import layout
+from .model import SpecModel
+
+FRAMEWORK = "flax"
+
+#: canonical tensor suffix -> NNX variable attribute, per op
+VARIABLES: dict[str, dict[str, str]] = {
+    "conv2d": {"weight": "kernel", "bias": "bias"},
+    "linear": {"weight": "kernel", "bias": "bias"},
+    "batch_norm": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
+}
+
+
+def _variables(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, Layer, str, nnx.Variable]]:
+    """(canonical name, layer, suffix, variable) for every canonical tensor of ``spec``."""
+    for name in expected_tensors(spec):
+        layer_name, suffix = name.rsplit(".", 1)
+        layer = spec.layer(layer_name)
+        var = getattr(getattr(model, layer_name, None), VARIABLES[layer.op][suffix], None)
+        if not isinstance(var, nnx.Variable):
+            raise WeightError(f"the model has no variable for tensor {name!r}: was it built from another spec?")
+        yield name, layer, suffix, var
+
+
+def _to_framework(layer: Layer, suffix: str, t: Any, flat: Mapping[str, tuple[int, int, int]]) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float32)
+    if suffix != "weight" or layer.op == "batch_norm":
+        return t.copy()  # [C] in both layouts
+    if layer.op == "conv2d":
+        return layout.conv_kernel_to_framework(t)
+    return layout.linear_kernel_to_framework(t, flat.get(layer.name))
+
+
+def _from_framework(layer: Layer, suffix: str, a: jax.Array, flat: Mapping[str, tuple[int, int, int]]) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    if suffix != "weight" or layer.op == "batch_norm":
+        return a.copy()  # [C] in both layouts
+    if layer.op == "conv2d":
+        return layout.conv_kernel_from_framework(a)
+    return layout.linear_kernel_from_framework(a, flat.get(layer.name))
+
+
+def export_weights(model: SpecModel, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
+    flat = flatten_inputs(spec)
+    return {name: _from_framework(layer, suffix, var[...], flat)
+            for name, layer, suffix, var in _variables(model, spec)}
+
+
+def import_weights(model: SpecModel, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
+    """Load canonical tensors into the model; on any error the model is left unchanged.
+
+    Checks every name and shape (``shared.weights.check_tensors``), converts every tensor and
+    checks it against the model's variable, and only then assigns.
+    """
+    check_tensors(spec, tensors)
+    flat = flatten_inputs(spec)
+    staged = []
+    for name, layer, suffix, var in _variables(model, spec):
+        value = _to_framework(layer, suffix, tensors[name], flat)
+        current = var[...]
+        if value.shape != current.shape:
+            raise WeightError(f"tensor {name!r} converts to shape {value.shape} but the model's variable has "
+                              f"shape {current.shape}: was the model built from another spec?")
+        staged.append((var, jax.device_put(value, current.sharding)))
+    for var, value in staged:
+        var[...] = value
+
+
+def save_weights(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write the model's weights as a canonical safetensors file."""
+    save_canonical(path, spec, export_weights(model, spec), framework=FRAMEWORK)
+
+
+def load_weights(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a canonical safetensors file (checked against ``spec``) into the model."""
+    _, tensors = load_canonical(path, spec)
+    import_weights(model, spec, tensors)

@@ -1,0 +1,101 @@
+"""Canonical weights <-> a Keras model from ``build_model``.
+
+Canonical tensor ``<layer>.<suffix>`` lives in the Keras layer named ``<layer>``:
+
+=============  ============  ===============================================
+spec op        suffix        Keras variable (layout conversion in layout.py)
+=============  ============  ===============================================
+conv2d         weight, bias  ``kernel`` [kH, kW, I/g, O], ``bias``
+linear         weight, bias  ``kernel`` [in, out] (rows permuted after a flatten), ``bias``
+batch_norm     weight, bias  ``gamma``, ``beta``
+batch_norm     running_*     ``moving_mean``, ``moving_variance``
+=============  ============  ===============================================
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Mapping
+
+import keras
+import numpy as np
+
+from shared.errors import WeightError
+from shared.spec import Layer, ModelSpec
+from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
+
+from . import layout
+
+FRAMEWORK = "keras"
+
+_VARIABLES = {
+    "conv2d": {"weight": "kernel", "bias": "bias"},
+    "linear": {"weight": "kernel", "bias": "bias"},
+    "batch_norm": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                   "running_var": "moving_variance"},
+}
+
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+def _vector(a: np.ndarray) -> np.ndarray:
+    """Biases and BatchNorm vectors have the same layout in both."""
+    return np.array(a, dtype=np.float32)
+
+
+def _converters(layer: Layer, flat_inputs: Mapping[str, layout.CHW], suffix: str) -> tuple[Convert, Convert]:
+    """(canonical -> Keras, Keras -> canonical) for one tensor."""
+    if suffix != "weight" or layer.op == "batch_norm":
+        return _vector, _vector
+    if layer.op == "conv2d":
+        return layout.conv_kernel_to_framework, layout.conv_kernel_from_framework
+    chw = flat_inputs.get(layer.name)
+    return (lambda w: layout.linear_kernel_to_framework(w, chw),
+            lambda w: layout.linear_kernel_from_framework(w, chw))
+
+
+def _tensors(model: keras.Model, spec: ModelSpec) -> Iterator[tuple[str, keras.Variable, Convert, Convert]]:
+    """(canonical name, Keras variable, to Keras, from Keras) for every canonical tensor."""
+    flat_inputs = flatten_inputs(spec)
+    for name in expected_tensors(spec):
+        layer_name, suffix = name.rsplit(".", 1)
+        layer = spec.layer(layer_name)
+        try:
+            variable = getattr(model.get_layer(layer_name), _VARIABLES[layer.op][suffix])
+        except ValueError:
+            raise WeightError(f"the Keras model {model.name!r} has no layer {layer_name!r}: "
+                              f"it was not built from spec {spec.name!r}") from None
+        yield (name, variable, *_converters(layer, flat_inputs, suffix))
+
+
+def export_weights(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
+    return {name: from_keras(keras.ops.convert_to_numpy(variable))
+            for name, variable, _, from_keras in _tensors(model, spec)}
+
+
+def import_weights(model: keras.Model, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
+    """Load canonical ``tensors`` into ``model``: check every name and shape, convert
+    everything, then assign, so that a failed import leaves the model unchanged."""
+    check_tensors(spec, tensors)
+    updates = []
+    for name, variable, to_keras, _ in _tensors(model, spec):
+        value = to_keras(np.asarray(tensors[name], dtype=np.float32))
+        if value.shape != tuple(variable.shape):
+            raise WeightError(f"tensor {name!r} becomes shape {value.shape} in Keras but the model's variable "
+                              f"{variable.path!r} has shape {tuple(variable.shape)}: the model was built "
+                              "from another spec")
+        updates.append((variable, value))
+    for variable, value in updates:
+        variable.assign(value)
+
+
+def save_weights(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write the model's weights as a canonical safetensors file."""
+    save_canonical(path, spec, export_weights(model, spec), framework=FRAMEWORK)
+
+
+def load_weights(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a canonical safetensors file (checked against ``spec``) into the model."""
+    _, tensors = load_canonical(path, spec)
+    import_weights(model, spec, tensors)

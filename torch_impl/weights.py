@@ -1,0 +1,63 @@
+"""Canonical weights <-> a ``SpecModel``: the ``state_dict`` keys are the canonical names.
+
+``export_weights`` returns every canonical tensor (parameters and BatchNorm running
+statistics; BatchNorm's ``num_batches_tracked`` counter is not part of the format).
+``import_weights`` checks every name and shape against the spec first, then converts all
+tensors, then copies them into the model under ``torch.no_grad()``, so that a bad input leaves
+the model exactly as it was.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.errors import WeightError
+from shared.spec import ModelSpec
+from shared.weights import check_tensors, expected_tensors, load_canonical, save_canonical
+
+from . import layout
+
+FRAMEWORK = "torch"
+
+
+def _model_tensors(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers under their canonical names, checked against the spec."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    expected = expected_tensors(spec)
+    for name, shape in expected.items():
+        if name not in own:
+            raise WeightError(f"the model has no tensor {name!r}: was it built from spec {spec.name!r}?")
+        if tuple(own[name].shape) != shape:
+            raise WeightError(f"model tensor {name!r} has shape {tuple(own[name].shape)}, "
+                              f"spec {spec.name!r} expects {shape}: was the model built from this spec?")
+    return {name: own[name] for name in expected}
+
+
+def export_weights(model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's weights as canonical float32 arrays (copies), one per expected tensor."""
+    return {name: layout.from_framework(t) for name, t in _model_tensors(model, spec).items()}
+
+
+def import_weights(model: nn.Module, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
+    """Load canonical tensors into the model; on any error the model is left unchanged."""
+    check_tensors(spec, tensors)
+    targets = _model_tensors(model, spec)
+    converted = {name: layout.to_framework(tensors[name]) for name in targets}
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(converted[name])  # keeps the target's device and memory format
+
+
+def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write the model's weights as a canonical safetensors file (atomically)."""
+    save_canonical(path, spec, export_weights(model, spec), framework=FRAMEWORK)
+
+
+def load_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a canonical safetensors file written for ``spec`` into the model."""
+    _, tensors = load_canonical(path, spec)
+    import_weights(model, spec, tensors)

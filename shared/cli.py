@@ -13,6 +13,7 @@ Commands and flags are a public contract: add, never rename.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -21,6 +22,10 @@ import time
 from typing import Sequence
 
 from .errors import RosettaError, SpecError
+
+
+#: modules of ``shared`` that define further commands (imported without any framework)
+COMMAND_MODULES: tuple[str, ...] = ("convert", "bench", "docs", "train")
 
 
 def _parse_input(text: str, parts: int) -> tuple[int, ...]:
@@ -213,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw")
     s.add_argument("--output", required=True, metavar="Y.npy")
     s.set_defaults(func=cmd_predict)
+
+    # larger commands live in their own modules; each adds its sub-parser with ``register(sub)``
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
     return p
 
 

@@ -1,0 +1,8 @@
+"""rosetta convert (under construction)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` sub-command."""

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from shared.checkpoints import atomic_named_path, check_names_shapes
 from shared.errors import WeightError
 from shared.spec import Layer, ModelSpec
 from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
@@ -96,3 +97,59 @@ def load_weights(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> 
     """Read a canonical safetensors file (checked against ``spec``) into the model."""
     _, tensors = load_canonical(path, spec)
     import_weights(model, spec, tensors)
+
+
+#: the NNX variable types Flax's own format stores (any of them)
+_NATIVE = (nnx.Param, nnx.BatchStat)
+
+
+def _native_state(model: SpecModel) -> dict[str, Any]:
+    """The model's parameters and BatchNorm statistics (not its dropout RNG state) as a flat
+    ``"layer.variable"`` -> array mapping."""
+    pure = nnx.to_pure_dict(nnx.state(model, _NATIVE))
+    return {".".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(pure)[0]}
+
+
+def save_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write Flax's own serialisation of the NNX state (``flax.serialization`` msgpack of the
+    ``nnx.Param`` and ``nnx.BatchStat`` variables), atomically."""
+    from flax import serialization
+
+    list(_variables(model, spec))
+    blob = serialization.msgpack_serialize({k: np.asarray(v) for k, v in _native_state(model).items()})
+    with atomic_named_path(path) as tmp:
+        tmp.write_bytes(blob)
+
+
+def load_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a :func:`save_native` file; every name and shape is checked first, so a failed
+    load leaves the model unchanged. msgpack holds plain arrays: nothing is unpickled."""
+    from flax import serialization
+
+    list(_variables(model, spec))
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise WeightError(f"{path}: cannot read: {e}") from None
+    if not blob:
+        raise WeightError(f"{path}: empty file")
+    try:
+        restored = serialization.msgpack_restore(blob)
+    except Exception as e:  # msgpack raises its own ExtraData / unpack errors
+        raise WeightError(f"{path}: not a Flax msgpack state file (truncated or corrupted?): {type(e).__name__}") from None
+    if not isinstance(restored, dict) or not all(isinstance(v, np.ndarray) for v in restored.values()):
+        raise WeightError(f"{path}: not a flat mapping of names to arrays")
+    own = _native_state(model)
+    check_names_shapes({k: tuple(v.shape) for k, v in own.items()}, {k: v.shape for k, v in restored.items()},
+                       source=str(path), target=f"the Flax model of {spec.name!r}")
+    state = nnx.state(model, _NATIVE)
+    nested: dict[str, Any] = {}
+    for key, value in restored.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = jax.device_put(value.astype(own[key].dtype), own[key].sharding)
+    nnx.replace_by_pure_dict(state, nested)
+    nnx.update(model, state)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping
 import keras
 import numpy as np
 
+from shared.checkpoints import atomic_named_path, check_names_shapes, read_keras_h5
 from shared.errors import WeightError
 from shared.spec import Layer, ModelSpec
 from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
@@ -99,3 +100,42 @@ def load_weights(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -
     """Read a canonical safetensors file (checked against ``spec``) into the model."""
     _, tensors = load_canonical(path, spec)
     import_weights(model, spec, tensors)
+
+
+#: file name endings of Keras' own formats: a whole model, or its weights only
+NATIVE_SUFFIXES = (".keras", ".weights.h5")
+
+
+def _native_suffix(path: str | os.PathLike) -> str:
+    for suffix in NATIVE_SUFFIXES:
+        if str(path).endswith(suffix):
+            return suffix
+    raise WeightError(f"{path}: Keras' own formats end in {' or '.join(NATIVE_SUFFIXES)}")
+
+
+def save_native(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write Keras' own format, atomically: ``model.save`` for ``.keras`` (architecture and
+    weights), ``model.save_weights`` for ``.weights.h5``."""
+    suffix = _native_suffix(path)
+    list(_tensors(model, spec))  # the model fits the spec
+    with atomic_named_path(path) as tmp:
+        (model.save if suffix == ".keras" else model.save_weights)(tmp)
+
+
+def load_native(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a :func:`save_native` file with ``model.load_weights``. The file's layer names and
+    variable shapes are checked first (Keras itself only warns about layers it skips); on any
+    failure every variable is restored, so a failed load leaves the model unchanged."""
+    _native_suffix(path)
+    list(_tensors(model, spec))
+    expected = {f"{layer.name}.{i}": tuple(v.shape) for layer in model.layers for i, v in enumerate(layer.weights)}
+    got = {f"{name}.{i}": v.shape for name, values in read_keras_h5(path).items() for i, v in enumerate(values)}
+    check_names_shapes(expected, got, source=str(path), target=f"the Keras model of {spec.name!r}")
+    snapshot = [(v, keras.ops.convert_to_numpy(v)) for v in model.weights]
+    try:
+        model.load_weights(path)
+    except Exception as e:  # Keras raises ValueError, OSError, zipfile and h5py errors alike
+        for v, value in snapshot:
+            v.assign(value)
+        raise WeightError(f"{path}: Keras could not load it into {spec.name!r}: {type(e).__name__}: "
+                          f"{str(e).strip()[:300]}") from None

@@ -3,10 +3,10 @@
     rosetta list
     rosetta summary MODEL [--input CxHxW] [--set key=value ...] [--json]
     rosetta parity [--models ...] [--frameworks ...] [--input HxW] [--device cpu|gpu|all]
-                   [--per-layer] [--json FILE] [--png FILE]
+                   [--per-layer] [--targets onnx] [--json FILE] [--png FILE] [--out DIR]
     rosetta init MODEL --framework torch|keras|flax [--seed S] [--set key=value ...] --out FILE.safetensors
     rosetta predict --model M --weights FILE.safetensors --framework torch|keras|flax
-                    --input X.npy [--layout nchw|nhwc] --output Y.npy
+                    --input X.npy [--layout nchw|nhwc] [--tta] --output Y.npy
 
 Commands and flags are a public contract: add, never rename.
 """
@@ -19,7 +19,8 @@ import os
 import re
 import sys
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from .errors import RosettaError, SpecError
 
@@ -79,6 +80,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity_markdown(records: Sequence[Any]) -> str:
+    """The parity records as a Markdown table (``parity.md`` of ``rosetta parity --out``)."""
+    lines = ["| model | source -> target | mode | device | max_abs | max_rel | tolerance | result |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        res = "pass" if r.passed else f"FAIL (first divergence: {r.first_divergence})"
+        lines.append(f"| {r.model} | {r.source} -> {r.target} | {r.mode} | {r.device} | {r.max_abs:.2e} | "
+                     f"{r.max_rel:.2e} | {r.tolerance:.0e} | {res} |")
+    n_fail = sum(not r.passed for r in records)
+    return "\n".join(lines) + f"\n\n{len(records) - n_fail} passed, {n_fail} failed\n"
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     from . import frameworks as reg
     from .parity import format_layers, format_matrix, gpu_frameworks, model_parity, plot_matrix
@@ -112,6 +125,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     for i, model in enumerate(models, 1):
         print(f"[{i}/{len(models)}] {model}", file=sys.stderr, flush=True)
         records += model_parity(model, fws, input_size=size, devices=devices, per_layer=args.per_layer,
+                                targets=args.targets,
                                 progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
     print(format_matrix(records))
     for r in records:
@@ -119,11 +133,24 @@ def cmd_parity(args: argparse.Namespace) -> int:
             print()
             print(format_layers(r))
     print(f"\n{len(models)} model(s), {len(fws)} frameworks, {time.perf_counter() - t0:.0f} s")
+    as_json = json.dumps([r.to_json() for r in records], indent=2)
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps([r.to_json() for r in records], indent=2))
+            tmp.write_text(as_json)
     if args.png:
         plot_matrix(records, args.png)
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RosettaError(f"--out {out}: cannot create the directory: {e}") from None
+        with atomic_path(out / "parity.json") as tmp:
+            tmp.write_text(as_json)
+        with atomic_path(out / "parity.md") as tmp:
+            tmp.write_text(_parity_markdown(records))
+        plot_matrix(records, str(out / "parity.png"))
+        print(f"wrote {out / 'parity.json'}, parity.md and parity.png (rosetta docs --parity {out})")
     return 0 if all(r.passed for r in records) else 1
 
 
@@ -167,11 +194,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mod = reg.load(args.framework)
     model = mod.build_model(spec)
     mod.import_weights(model, spec, tensors)
-    logits = mod.forward(model, x.astype(np.float32), train=False)["logits"]
+    x = x.astype(np.float32)
+    logits = mod.forward(model, x, train=False)["logits"]
+    if args.tta:
+        # the AlexNet paper's test-time averaging over horizontal reflections: flip W of NCHW
+        flipped = np.ascontiguousarray(x[..., ::-1])
+        logits = (logits + mod.forward(model, flipped, train=False)["logits"]) / 2
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, logits)
-    print(f"wrote {args.output}: logits {logits.shape} from {args.framework}")
+    print(f"wrote {args.output}: logits {logits.shape} from {args.framework}"
+          + (" (averaged with the horizontally flipped input)" if args.tta else ""))
     return 0
 
 
@@ -198,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", metavar="HxW", help="input size (default: each spec's, 224x224)")
     s.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu")
     s.add_argument("--per-layer", action="store_true", help="print every layer's difference for every pair")
+    s.add_argument("--targets", nargs="+", default=[], choices=list(reg.TARGETS), metavar="TARGET",
+                   help=f"also run each framework's export in these runtimes, eval mode, CPU "
+                        f"({', '.join(reg.TARGETS)}: exported by the torch port, so torch must be installed)")
     s.add_argument("--json", metavar="FILE", help="write the records as JSON")
     s.add_argument("--png", metavar="FILE", help="write a heat map")
+    s.add_argument("--out", metavar="DIR", help="write parity.json, parity.md and parity.png into DIR")
     s.set_defaults(func=cmd_parity)
 
     s = sub.add_parser("init", help="build a model and write its canonical weights")
@@ -216,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--framework", required=True, choices=list(reg.FRAMEWORKS))
     s.add_argument("--input", required=True, metavar="X.npy")
     s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw")
+    s.add_argument("--tta", action="store_true",
+                   help="average the logits of the input and its horizontal flip (the AlexNet paper's test time)")
     s.add_argument("--output", required=True, metavar="Y.npy")
     s.set_defaults(func=cmd_predict)
 

@@ -142,9 +142,14 @@ def model_parity(
     batch: int = 2,
     per_layer: bool = False,
     specs: Mapping[str, ModelSpec] | None = None,
+    targets: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> list[Record]:
     """Parity records for every ordered pair of ``frameworks`` on one model.
+
+    ``targets`` (``shared.frameworks.TARGETS``, e.g. ``onnx``) add, in eval mode on the CPU,
+    one record per framework: that framework's export, exported again to the target's format
+    by the target's exporting port and run by the target's runtime.
 
     ``specs`` may give a framework its own spec (the mutation tests use it to build a port
     with a deliberate fault); by default every framework builds the same spec.
@@ -189,6 +194,16 @@ def model_parity(
                     records.append(rec)
                     say(f"{spec.name}: {src:>5} -> {dst:<5} {mode:<5} {device}: max_rel {rec.max_rel:.2e} "
                         f"{'ok' if rec.passed else 'FAIL at ' + str(rec.first_divergence)}")
+    if targets and "cpu" in devices and "eval" in modes:
+        tol = tolerance("cpu", "eval").rel
+        for src in frameworks:
+            ref = run(src, exported[src], "eval", "cpu", False)
+            for tgt in targets:
+                got = fw_registry.target_forward(tgt, spec, exported[src], x)
+                rec = _record(spec, src, tgt, "eval", "cpu", tol, ref, got)
+                records.append(rec)
+                say(f"{spec.name}: {src:>5} -> {tgt:<5} eval  cpu: max_rel {rec.max_rel:.2e} "
+                    f"{'ok' if rec.passed else 'FAIL'}")
     if "cpu" in devices and "gpu" in devices:
         for mode in modes:
             tol = tolerance("cpu-vs-gpu", mode).rel

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.checkpoints import check_names_shapes, read_state_dict
 from shared.errors import WeightError
 from shared.spec import ModelSpec
+from shared.weights import atomic_path
 from shared.weights import check_tensors, expected_tensors, load_canonical, save_canonical
 
 from . import layout
@@ -61,3 +63,22 @@ def load_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> 
     """Read a canonical safetensors file written for ``spec`` into the model."""
     _, tensors = load_canonical(path, spec)
     import_weights(model, spec, tensors)
+
+
+def save_native(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write PyTorch's own format: ``torch.save(model.state_dict())`` (canonical names, plus
+    BatchNorm's ``num_batches_tracked``), atomically."""
+    _model_tensors(model, spec)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_native(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Read a :func:`save_native` file (``torch.load(weights_only=True)``); every name and shape
+    is checked before anything is copied, so a failed load leaves the model unchanged."""
+    _model_tensors(model, spec)
+    state = read_state_dict(path)
+    own = model.state_dict()
+    check_names_shapes({k: tuple(v.shape) for k, v in own.items()}, {k: v.shape for k, v in state.items()},
+                       source=str(path), target=f"the PyTorch model of {spec.name!r}")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(own[k].dtype) for k, v in state.items()}, strict=True)

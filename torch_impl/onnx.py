@@ -1,0 +1,79 @@
+"""ONNX export of the PyTorch port (https://onnx.ai), run by ``shared.onnx_runtime``.
+
+Only the PyTorch port exports ONNX: ``torch.onnx.export`` (the ``torch.export``-based
+exporter, opset 18) traces the eval-mode graph. The file holds the weights inline (every
+bundled model is far below ONNX's 2 GiB protobuf limit), takes a NCHW float32 batch named
+``input`` with a dynamic batch axis, and returns ``logits``; it is written atomically.
+
+The exporter imports ``torch._dynamo`` and with it Triton, which crashes the process
+(segmentation fault) when TensorFlow was imported first (both bundle LLVM). So when
+TensorFlow is loaded, ``export_onnx`` writes the weights to a temporary canonical file and
+exports in a fresh interpreter (``python -m torch_impl.onnx WEIGHTS.safetensors OUT.onnx``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+
+from shared.errors import RosettaError
+from shared.spec import ModelSpec
+from shared.weights import atomic_path, load_canonical
+
+from .model import SpecModel, build_model
+from .weights import import_weights, save_weights
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 18
+
+
+def export_onnx(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write ``model`` (eval mode: no dropout, BatchNorm running statistics, no aux heads) as ONNX."""
+    if "tensorflow" in sys.modules:
+        with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
+            weights = os.path.join(d, "weights.safetensors")
+            save_weights(model, spec, weights)
+            done = subprocess.run([sys.executable, "-m", __name__, weights, os.fspath(path)],
+                                  capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RosettaError(f"ONNX export of {spec.name} failed in a subprocess: {done.stderr.strip()[-2000:]}")
+        return
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((2, *spec.input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+                                        opset_version=OPSET, verbose=False)
+            if program is None:
+                raise RosettaError("torch.onnx.export returned no program")
+            program.save(str(tmp), external_data=False)
+    finally:
+        model.train(was_training)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export a canonical weight file to ONNX (used by ``export_onnx`` in a fresh interpreter)."""
+    p = argparse.ArgumentParser(prog="python -m torch_impl.onnx", description=main.__doc__)
+    p.add_argument("weights", help="canonical .safetensors file")
+    p.add_argument("out", help="output .onnx file")
+    args = p.parse_args(argv)
+    spec, tensors = load_canonical(args.weights)
+    model = build_model(spec)
+    import_weights(model, spec, tensors)
+    del tensors
+    export_onnx(model, spec, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,23 +259,29 @@ print(int(status["VmHWM"].split()[0]) * 1024)
 """
 
 
+@pytest.fixture(scope="module")
+def vgg19_files(tmp_path_factory) -> Iterator[Path]:
+    """One 548 MiB VGG19 checkpoint in .pth and .safetensors, shared by the peak-memory cases, then deleted."""
+    d = tmp_path_factory.mktemp("vgg19")
+    spec = load_spec("vgg19")
+    tensors = random_canonical(spec, 0)
+    save_canonical(d / "vgg19.safetensors", spec, tensors)
+    ck.write_torchvision(d / "vgg19.pth", spec, tensors)
+    del tensors
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.heavy
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("src,dst", [("vgg19.pth", "vgg19.safetensors"), ("vgg19.safetensors", "back.pth"),
                                      ("vgg19.safetensors", "vgg19.weights.h5")])
-def test_vgg19_conversion_peaks_below_three_times_the_file(tmp_path_factory, src, dst):
+def test_vgg19_conversion_peaks_below_three_times_the_file(vgg19_files, src, dst):
     """Peak resident memory of a whole conversion (a fresh interpreter) <= 3x the 548 MiB of weights."""
     import subprocess
     import sys
 
-    d = tmp_path_factory.getbasetemp() / "vgg19"
-    if not (d / "vgg19.pth").exists():
-        d.mkdir(exist_ok=True)
-        spec = load_spec("vgg19")
-        tensors = random_canonical(spec, 0)
-        save_canonical(d / "vgg19.safetensors", spec, tensors)
-        ck.write_torchvision(d / "vgg19.pth", spec, tensors)
-        del tensors
+    d = vgg19_files
     size = (d / src).stat().st_size
     done = subprocess.run([sys.executable, "-c", PEAK, str(d / src), str(d / dst)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

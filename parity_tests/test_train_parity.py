@@ -121,3 +121,24 @@ def test_digits_loss_curves_agree() -> None:
     for fw, losses in curves.items():
         gap = float(np.abs(np.asarray(losses) - ref).max() / np.abs(ref).max())
         assert gap <= tol, f"{fw}: loss curve differs from PyTorch's by {gap:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("framework", ALL_FRAMEWORKS)
+def test_steps_never_write_into_the_callers_arrays(framework: str) -> None:
+    """A trainer that updates buffers in place (Flax donates the model's and optimizer's
+    buffers to its compiled step) leaves the loaded tensors and earlier exports untouched."""
+    from shared.train import build_trainer
+
+    needs(framework)
+    spec = family_spec("vgg11_bn")
+    start = random_canonical(spec, seed=1)
+    kept = {k: v.copy() for k, v in start.items()}
+    trainer = build_trainer(framework, spec, OptimizerConfig("sgd", lr=0.1), start)
+    before = trainer.export_weights()
+    kept_before = {k: v.copy() for k, v in before.items()}
+    for x, y in batches(spec, 4, 1, n=2):
+        trainer.step(x, y)
+    after = trainer.export_weights()
+    assert all(np.array_equal(start[k], kept[k]) for k in kept), "a step wrote into the loaded tensors"
+    assert all(np.array_equal(before[k], kept_before[k]) for k in kept_before), "a step wrote into an export"
+    assert not np.array_equal(after["block1_conv1.weight"], before["block1_conv1.weight"]), "the step did not train"

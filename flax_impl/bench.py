@@ -7,10 +7,19 @@ below as NNX modules, from the tables in ``shared/baselines.py``). Flax ships no
 Configurations: ``nnx_jit`` (``nnx.jit`` over the module: the NNX default; the graph of Python
 objects is traversed on every call) and ``jax_jit`` (the module split once into a graph
 definition and a state pytree, a plain ``jax.jit`` function of the state, which donates the
-parameter and optimizer buffers in training so that XLA updates them in place). The worker
-variant ``onednn`` runs both with ``XLA_FLAGS=--xla_cpu_use_onednn=true`` (XLA's CPU
-convolutions and matmuls through oneDNN instead of Eigen); XLA reads its flags once per
-process, hence a separate worker.
+parameter and optimizer buffers in training so that XLA updates them in place). Worker
+variants run both with other XLA CPU flags (XLA reads its flags once per process, hence a
+separate worker each):
+
+* ``no_ynn``: ``--xla_cpu_experimental_ynn_fusion_type`` with every fusion type removed. By
+  default XLA's CPU backend (jaxlib 0.10) hands whole subgraphs to YNNPACK; for VGG16 it takes
+  the entire forward pass as one ``ynn_fusion`` (see ``compile().as_text()``), whose
+  convolutions run at about half the speed of XLA's own (Eigen) ones: 2.5 -> 5.0 images/s for
+  VGG16 and 34 -> 45 for GoogLeNet at batch 8 on a 2-core CPU. The flag is experimental; a
+  jaxlib that no longer knows it aborts the worker, and the benchmark reports that variant as
+  failed and goes on;
+* ``onednn``: ``--xla_cpu_use_onednn=true`` (XLA's CPU convolutions and matmuls through
+  oneDNN instead of Eigen; 4% on VGG16).
 """
 from __future__ import annotations
 
@@ -32,7 +41,12 @@ from .model import build_model
 from .train import build_optimizer, cross_entropy, make_trainer
 
 #: extra environment per worker process variant: XLA's CPU flags are read once per process
-ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}, "onednn": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}}
+ENV_VARIANTS: dict[str, dict[str, str]] = {
+    "": {},
+    "no_ynn": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
+                            "-dot,-eltwise,-reduce,-individual_convolution,-individual_dot"},
+    "onednn": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
+}
 
 
 def setup(threads: int, device: str) -> dict[str, str]:

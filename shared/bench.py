@@ -135,20 +135,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     failures = []
     t0 = time.perf_counter()
     # one process per framework, environment variant and model: no thread pool, allocator state
-    # or compilation cache carries over (a GoogLeNet measured in the process that just trained
-    # VGG16 ran up to 1.8x slower on this 2-core machine, in torch and Keras alike)
+    # or compilation cache carries over (a GoogLeNet measured in the process that had just run
+    # VGG16 ran up to 1.6x slower on this 2-core machine, in torch and Keras alike)
+    def run_models(fw: str, variant: str, env: dict[str, str]) -> None:
+        for model in job["models"]:
+            failures.append(_worker({**job, "models": [model], "framework": fw, "variant": variant}, env, records))
+
     for i, fw in enumerate(fws, 1):
         print(f"[{i}/{len(fws)}] {fw}", file=sys.stderr, flush=True)
-        for model in job["models"]:
-            failures.append(_worker({**job, "models": [model], "framework": fw, "variant": ""}, {}, records))
+        run_models(fw, "", {})
         info = next((r for r in records if r["kind"] == "info" and r["framework"] == fw), None)
         if info is None:
             continue
         for variant, env in info["variants"].items():
             if variant and (not args.configs or any(c.endswith("+" + variant) for c in args.configs)):
-                for model in job["models"]:
-                    failures.append(_worker({**job, "models": [model], "framework": fw, "variant": variant}, env,
-                                            records))
+                run_models(fw, variant, env)
     report = build_report(records, args, time.perf_counter() - t0)
     report["failures"] = [f for f in failures if f]
     text = format_report(report)
@@ -197,8 +198,7 @@ def build_report(records: list[dict[str, Any]], args: argparse.Namespace, second
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(), "seconds": seconds, "threads": args.threads, "device": args.device,
         "repeats": args.repeats, "warmup": args.warmup,
-        "versions": {f"{r['framework']}{'+' + r['variant'] if r['variant'] else ''}": r["versions"]
-                     for r in records if r["kind"] == "info"},
+        "versions": {_label(r): r["versions"] for r in records if r["kind"] == "info"},
         "roof": {"gflops": roof, "n": roofs[0]["n"] if roofs else None,
                  "per_framework": _best_roofs(roofs)},
         "results": results,
@@ -208,12 +208,16 @@ def build_report(records: list[dict[str, Any]], args: argparse.Namespace, second
     }
 
 
+def _label(r: dict[str, Any]) -> str:
+    """``framework`` or ``framework+variant``, the key of a worker's records."""
+    return r["framework"] + (f"+{r['variant']}" if r["variant"] else "")
+
+
 def _best_roofs(roofs: list[dict[str, Any]]) -> dict[str, float]:
     """The fastest sgemm per framework and variant (each worker process measures its own)."""
     best: dict[str, float] = {}
     for r in roofs:
-        key = f"{r['framework']}{'+' + r['variant'] if r['variant'] else ''}"
-        best[key] = max(best.get(key, 0.0), r["gflops"])
+        best[_label(r)] = max(best.get(_label(r), 0.0), r["gflops"])
     return best
 
 

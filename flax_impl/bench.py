@@ -1,8 +1,8 @@
-"""The Flax NNX side of ``rosetta bench`` (run inside ``shared.bench_worker``).
+"""The Flax NNX side of ``rosetta bench`` (run inside ``rosetta_cnn.tools.bench.worker``).
 
 Implementations measured: ``spec`` (this package's ``build_model``; training in the default
 configuration through ``flax_impl.train``) and ``plain`` (VGG / GoogLeNet written by hand
-below as NNX modules, from the tables in ``shared/baselines.py``). Flax ships no model zoo.
+below as NNX modules, from the tables in ``shared/tools/bench/baselines.py``). Flax ships no model zoo.
 
 Configurations: ``nnx_jit`` (``nnx.jit`` over the module: the NNX default; the graph of Python
 objects is traversed on every call) and ``jax_jit`` (the module split once into a graph
@@ -31,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shared.baselines import (GOOGLENET_AUX, GOOGLENET_AUX_FROM, GOOGLENET_BODY, GOOGLENET_STEM, VGG_HIDDEN,
-                              VGG_STAGE_CONVS, VGG_STAGE_WIDTHS, PlainArch, plain_arch)
-from shared.spec import ModelSpec
-from shared.train import AUX_LOSS_WEIGHT, OptimizerConfig
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.tools.bench import baselines
+from rosetta_cnn.training.trainer import AUX_LOSS_WEIGHT, OptimizerConfig
 
 from . import layout
 from .model import build_model
@@ -80,7 +79,7 @@ def device_memory_mb(device: str) -> float | None:
 
 
 def implementations(spec: ModelSpec) -> list[str]:
-    return ["spec", "plain"] if plain_arch(spec) else ["spec"]
+    return ["spec", "plain"] if baselines.plain_arch(spec) else ["spec"]
 
 
 def configs(impl: str, mode: str, variant: str) -> list[str]:
@@ -118,8 +117,8 @@ class Inception(nnx.Module):
 class AuxHead(nnx.Module):
     """The paper's 5x5/3 average pool (14x14 -> 4x4), 1x1 conv, two fully connected layers."""
 
-    def __init__(self, cin: int, size: int, a: PlainArch, *, rngs: nnx.Rngs):
-        conv, hidden = (a.w(c) for c in GOOGLENET_AUX)
+    def __init__(self, cin: int, size: int, a: baselines.PlainArch, *, rngs: nnx.Rngs):
+        conv, hidden = (a.w(c) for c in baselines.GOOGLENET_AUX)
         self.pool = max(1, size // 4)
         pooled = (size - self.pool) // self.pool + 1
         self.conv = BasicConv(cin, conv, 1, rngs=rngs)
@@ -135,21 +134,21 @@ class AuxHead(nnx.Module):
 class PlainGoogLeNet(nnx.Module):
     """GoogLeNet as NNX modules; in training mode returns (logits, aux1, aux2)."""
 
-    def __init__(self, a: PlainArch, size: int, *, rngs: nnx.Rngs):
-        c1, c2, c3 = (a.w(c) for c in GOOGLENET_STEM)
+    def __init__(self, a: baselines.PlainArch, size: int, *, rngs: nnx.Rngs):
+        c1, c2, c3 = (a.w(c) for c in baselines.GOOGLENET_STEM)
         self.conv1 = BasicConv(a.in_channels, c1, 7, 2, rngs=rngs)
         self.conv2 = BasicConv(c1, c2, 1, rngs=rngs)
         self.conv3 = BasicConv(c2, c3, 3, rngs=rngs)
         blocks, aux = {}, {}
         cin, size = c3, -(-size // 8)  # after conv1 and two stride-2 pools (SAME: ceil)
-        for name, widths in GOOGLENET_BODY:
+        for name, widths in baselines.GOOGLENET_BODY:
             if name.startswith("pool"):
                 size = -(-size // 2)
                 continue
             w = [a.w(c) for c in widths]
             blocks[name] = Inception(cin, *w, rngs=rngs)
             cin = w[0] + w[2] + w[4] + w[5]
-            if a.aux and name in GOOGLENET_AUX_FROM:
+            if a.aux and name in baselines.GOOGLENET_AUX_FROM:
                 aux[name] = AuxHead(cin, size, a, rngs=rngs)
         self.blocks = nnx.Dict(blocks)
         self.aux = nnx.Dict(aux)
@@ -160,7 +159,7 @@ class PlainGoogLeNet(nnx.Module):
         x = nnx.max_pool(self.conv1(x), (3, 3), (2, 2), "SAME")
         x = nnx.max_pool(self.conv3(self.conv2(x)), (3, 3), (2, 2), "SAME")
         aux = []
-        for name, _ in GOOGLENET_BODY:
+        for name, _ in baselines.GOOGLENET_BODY:
             if name.startswith("pool"):
                 k = 3 if name == "pool" else 2
                 x = nnx.max_pool(x, (k, k), (2, 2), "SAME")
@@ -175,9 +174,9 @@ class PlainGoogLeNet(nnx.Module):
 class PlainVGG(nnx.Module):
     """VGG as NNX modules (no adaptive pool: at 224x224 the last map is already 7x7)."""
 
-    def __init__(self, a: PlainArch, size: int, *, rngs: nnx.Rngs):
+    def __init__(self, a: baselines.PlainArch, size: int, *, rngs: nnx.Rngs):
         convs, bns, pool_after, cin = [], [], [], a.in_channels
-        for n, width in zip(VGG_STAGE_CONVS[a.depth], VGG_STAGE_WIDTHS):
+        for n, width in zip(baselines.VGG_STAGE_CONVS[a.depth], baselines.VGG_STAGE_WIDTHS):
             for _ in range(n):
                 convs.append(nnx.Conv(cin, a.w(width), (3, 3), padding=1, rngs=rngs))
                 if a.batch_norm:
@@ -187,7 +186,7 @@ class PlainVGG(nnx.Module):
         self.convs = nnx.List(convs)
         self.bns = nnx.List(bns) if a.batch_norm else None
         self.pool_after = tuple(pool_after)
-        hidden, last = a.w(VGG_HIDDEN), size // 32
+        hidden, last = a.w(baselines.VGG_HIDDEN), size // 32
         self.fc1 = nnx.Linear(cin * last * last, hidden, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
         self.fc3 = nnx.Linear(hidden, a.num_classes, rngs=rngs)
@@ -208,7 +207,7 @@ def build(impl: str, config: str, spec: ModelSpec, device: str) -> nnx.Module:
     """The model of ``impl`` in eval mode (the configuration applies to the step)."""
     if impl == "spec":
         return build_model(spec)
-    a = plain_arch(spec)
+    a = baselines.plain_arch(spec)
     cls = PlainVGG if a.family == "vgg" else PlainGoogLeNet
     model = cls(a, spec.input_shape[1], rngs=nnx.Rngs(0))
     model.eval()

@@ -2,17 +2,17 @@
 
 Convolutions, fully connected layers, batch normalisation and dropout are Flax's own
 (``nnx.Conv``, ``nnx.Linear``, ``nnx.BatchNorm`` with PyTorch's running-variance update,
-``nnx.Dropout``). The rest are small
-stateless modules written here because Flax has no layer with PyTorch's semantics for them:
+``nnx.Dropout``). The rest are small stateless modules written here because Flax has no
+layer with PyTorch's semantics for them:
 max pooling with PyTorch's ``ceil_mode`` rule, adaptive average pooling with PyTorch's
 (possibly overlapping) windows, local response normalisation as the AlexNet paper writes it,
 and torchvision GoogLeNet's ``transform_input``.
 
 Feature maps are NHWC (channels last). Fused activations (``activation: "relu"``) are applied
 by the model, not by these layers. The conventions that a port can get wrong are small
-module-level functions (``pool_padding``, ``lrn_window``, ``adaptive_windows``,
-``batch_stats``), looked up at
-call time so that tests can monkeypatch them to simulate a broken port.
+module-level functions (``pool_padding`` and ``lrn_window`` from ``core/layout.py``,
+``adaptive_windows``, ``batch_stats``), looked up at call time so that tests can monkeypatch
+them to simulate a broken port.
 """
 from __future__ import annotations
 
@@ -23,27 +23,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from shared import ops
-from shared.spec import Layer
+from rosetta_cnn.core import ops
+from rosetta_cnn.core.layout import lrn_window, pool_padding
+from rosetta_cnn.core.spec import Layer
 
 #: PyTorch's adaptive-pool window rule, ``[floor(i*n/o), ceil((i+1)*n/o))`` per output index.
 adaptive_windows = ops.adaptive_windows
-
-
-def pool_padding(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
-    """(low, high) padding of one axis that makes a VALID pooling window count PyTorch's.
-
-    PyTorch pads ``p`` on both sides; with ``ceil_mode`` the last window may run past the
-    right padding, so the high side grows to what that window needs
-    (``shared.ops.pool_out`` decides how many windows there are).
-    """
-    out = ops.pool_out(size, k, s, p, ceil_mode)
-    return p, max(p, (out - 1) * s + k - size - p)
-
-
-def lrn_window(size: int) -> tuple[int, int]:
-    """Channels (before, after) channel i that an LRN of ``size`` sums over: [i - n//2, i + (n-1)//2]."""
-    return size // 2, (size - 1) // 2
 
 
 class MaxPool2d(nnx.Module):
@@ -141,7 +126,7 @@ class Concat(nnx.Module):
         return jnp.concatenate(xs, axis=-1)
 
 
-def _conv2d(layer: Layer, rngs: nnx.Rngs) -> nnx.Conv:
+def conv2d(layer: Layer, rngs: nnx.Rngs) -> nnx.Conv:
     a = layer.attrs
     (ph, pw) = a["padding"]
     return nnx.Conv(layer.in_shape[0], a["out_channels"], a["kernel_size"], strides=a["stride"],
@@ -149,7 +134,7 @@ def _conv2d(layer: Layer, rngs: nnx.Rngs) -> nnx.Conv:
                     rngs=rngs)
 
 
-def _linear(layer: Layer, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(layer: Layer, rngs: nnx.Rngs) -> nnx.Linear:
     a = layer.attrs
     return nnx.Linear(layer.in_shape[0], a["out_features"], use_bias=a["bias"], rngs=rngs)
 
@@ -188,23 +173,57 @@ class BatchNorm(nnx.BatchNorm):
         return (x - mean) * (lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
 
 
-def _batch_norm(layer: Layer, rngs: nnx.Rngs) -> BatchNorm:
+def batch_norm(layer: Layer, rngs: nnx.Rngs) -> BatchNorm:
     a = layer.attrs
     # Flax's momentum weighs the old statistics, PyTorch's the new batch
     return BatchNorm(layer.in_shape[0], momentum=1.0 - a["momentum"], epsilon=a["eps"], rngs=rngs)
 
 
+def max_pool2d(layer: Layer, rngs: nnx.Rngs) -> MaxPool2d:
+    a = layer.attrs
+    return MaxPool2d(a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
+
+
+def avg_pool2d(layer: Layer, rngs: nnx.Rngs) -> AvgPool2d:
+    return AvgPool2d(layer.attrs["kernel_size"], layer.attrs["stride"])
+
+
+def adaptive_avg_pool2d(layer: Layer, rngs: nnx.Rngs) -> AdaptiveAvgPool2d:
+    return AdaptiveAvgPool2d(layer.attrs["output_size"])
+
+
+def lrn(layer: Layer, rngs: nnx.Rngs) -> LocalResponseNorm:
+    a = layer.attrs
+    return LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+
+
+def dropout(layer: Layer, rngs: nnx.Rngs) -> nnx.Dropout:
+    return nnx.Dropout(layer.attrs["rate"], rngs=rngs)
+
+
+def flatten(layer: Layer, rngs: nnx.Rngs) -> Flatten:
+    return Flatten()
+
+
+def concat(layer: Layer, rngs: nnx.Rngs) -> Concat:
+    return Concat()
+
+
+def transform_input(layer: Layer, rngs: nnx.Rngs) -> TransformInput:
+    return TransformInput(layer.attrs["mean"], layer.attrs["std"])
+
+
+#: spec op name -> factory(layer, rngs) -> the NNX module
 OPS: dict[str, Callable[[Layer, nnx.Rngs], nnx.Module]] = {
-    "conv2d": _conv2d,
-    "linear": _linear,
-    "batch_norm": _batch_norm,
-    "max_pool2d": lambda l, rngs: MaxPool2d(l.attrs["kernel_size"], l.attrs["stride"], l.attrs["padding"],
-                                            l.attrs["ceil_mode"]),
-    "avg_pool2d": lambda l, rngs: AvgPool2d(l.attrs["kernel_size"], l.attrs["stride"]),
-    "adaptive_avg_pool2d": lambda l, rngs: AdaptiveAvgPool2d(l.attrs["output_size"]),
-    "lrn": lambda l, rngs: LocalResponseNorm(l.attrs["size"], l.attrs["alpha"], l.attrs["beta"], l.attrs["k"]),
-    "dropout": lambda l, rngs: nnx.Dropout(l.attrs["rate"], rngs=rngs),
-    "flatten": lambda l, rngs: Flatten(),
-    "concat": lambda l, rngs: Concat(),
-    "transform_input": lambda l, rngs: TransformInput(l.attrs["mean"], l.attrs["std"]),
+    "conv2d": conv2d,
+    "linear": linear,
+    "batch_norm": batch_norm,
+    "max_pool2d": max_pool2d,
+    "avg_pool2d": avg_pool2d,
+    "adaptive_avg_pool2d": adaptive_avg_pool2d,
+    "lrn": lrn,
+    "dropout": dropout,
+    "flatten": flatten,
+    "concat": concat,
+    "transform_input": transform_input,
 }

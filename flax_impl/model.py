@@ -2,7 +2,7 @@
 
 Papers: AlexNet https://papers.nips.cc/paper/4824 , VGG https://arxiv.org/abs/1409.1556 ,
 GoogLeNet https://arxiv.org/abs/1409.4842 . No architecture constant lives here: the layers,
-their wiring and the outputs all come from the spec (``shared/specs/*.json``).
+their wiring and the outputs all come from the spec (``shared/core/specs/*.json``).
 
 Each spec layer is a submodule stored under its spec layer name, so ``nnx.state(model)`` has
 paths like ``("conv1", "kernel")`` and ``("conv1_bn", "mean")``. Inputs are NHWC.
@@ -14,8 +14,8 @@ from typing import NamedTuple
 import jax
 from flax import nnx
 
-from shared.spec import INPUT, ModelSpec
-from shared.weights import flattened_maps
+from rosetta_cnn.core.layout import flattened_maps
+from rosetta_cnn.core.spec import INPUT, ModelSpec
 
 from .layers import OPS
 
@@ -34,7 +34,7 @@ def _program(spec: ModelSpec) -> tuple[Step, ...]:
 
 
 class SpecModel(nnx.Module):
-    """A CNN built from a resolved :class:`~shared.spec.ModelSpec`.
+    """A CNN built from a resolved :class:`~rosetta_cnn.core.spec.ModelSpec`.
 
     Mode follows the NNX idiom: ``model.eval()`` / ``model.train()`` set ``deterministic`` on
     this module along with Dropout's ``deterministic`` and BatchNorm's ``use_running_average``.

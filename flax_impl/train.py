@@ -1,5 +1,5 @@
 """The Flax NNX training step: ``nnx.value_and_grad`` and ``nnx.Optimizer`` with Optax,
-mapped to PyTorch's update rules (``shared.train.OptimizerConfig``).
+mapped to PyTorch's update rules (``rosetta_cnn.training.trainer.OptimizerConfig``).
 
 Optimizer mapping (Optax composes transformations, so each PyTorch rule is a chain):
 
@@ -28,8 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.spec import ModelSpec
-from shared.train import OptimizerConfig, PackageTrainer, is_parameter, loss_weights
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.training.trainer import OptimizerConfig, PackageTrainer, is_parameter, loss_weights
 
 from . import layout, weights
 from .model import SpecModel
@@ -52,7 +52,7 @@ def build_optimizer(opt: OptimizerConfig) -> optax.GradientTransformation:
 
 
 class FlaxTrainer(PackageTrainer):
-    """Trains a ``SpecModel`` in place (see ``shared.train.Trainer``)."""
+    """Trains a ``SpecModel`` in place (see ``rosetta_cnn.training.trainer.Trainer``)."""
 
     framework = "flax"
 

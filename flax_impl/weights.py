@@ -3,7 +3,7 @@
 Each canonical tensor ``<layer>.<suffix>`` is one NNX variable of the submodule stored under
 the layer's name: conv2d / linear ``weight`` -> ``kernel`` and ``bias`` -> ``bias``;
 batch_norm ``weight`` -> ``scale``, ``bias`` -> ``bias``, ``running_mean`` -> ``mean``,
-``running_var`` -> ``var``. Layout conversions are in :mod:`flax_impl.layout`.
+``running_var`` -> ``var``. Layout conversions are in :mod:`rosetta_cnn.flax_impl.layout`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from shared.checkpoints import atomic_named_path, check_names_shapes
-from shared.errors import WeightError
-from shared.spec import Layer, ModelSpec
-from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
+from rosetta_cnn.core.canonical import check_tensors, expected_tensors, load_canonical, save_canonical
+from rosetta_cnn.core.errors import WeightError
+from rosetta_cnn.core.files import atomic_named_path, check_names_shapes
+from rosetta_cnn.core.layout import flatten_inputs
+from rosetta_cnn.core.spec import Layer, ModelSpec
 
 from . import layout
 from .model import SpecModel
@@ -32,7 +33,7 @@ VARIABLES: dict[str, dict[str, str]] = {
 }
 
 
-def _variables(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, Layer, str, nnx.Variable]]:
+def variables(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, Layer, str, nnx.Variable]]:
     """(canonical name, layer, suffix, variable) for every canonical tensor of ``spec``."""
     for name in expected_tensors(spec):
         layer_name, suffix = name.rsplit(".", 1)
@@ -43,42 +44,24 @@ def _variables(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, Layer, 
         yield name, layer, suffix, var
 
 
-def _to_framework(layer: Layer, suffix: str, t: Any, flat: Mapping[str, tuple[int, int, int]]) -> np.ndarray:
-    t = np.asarray(t, dtype=np.float32)
-    if suffix != "weight" or layer.op == "batch_norm":
-        return t.copy()  # [C] in both layouts
-    if layer.op == "conv2d":
-        return layout.conv_kernel_to_framework(t)
-    return layout.linear_kernel_to_framework(t, flat.get(layer.name))
-
-
-def _from_framework(layer: Layer, suffix: str, a: jax.Array, flat: Mapping[str, tuple[int, int, int]]) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float32)
-    if suffix != "weight" or layer.op == "batch_norm":
-        return a.copy()  # [C] in both layouts
-    if layer.op == "conv2d":
-        return layout.conv_kernel_from_framework(a)
-    return layout.linear_kernel_from_framework(a, flat.get(layer.name))
-
-
 def export_weights(model: SpecModel, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
     flat = flatten_inputs(spec)
-    return {name: _from_framework(layer, suffix, var[...], flat)
-            for name, layer, suffix, var in _variables(model, spec)}
+    return {name: layout.tensor_from_framework(layer, suffix, var[...], flat.get(layer.name))
+            for name, layer, suffix, var in variables(model, spec)}
 
 
 def import_weights(model: SpecModel, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
     """Load canonical tensors into the model; on any error the model is left unchanged.
 
-    Checks every name and shape (``shared.weights.check_tensors``), converts every tensor and
+    Checks every name and shape (``core.canonical.check_tensors``), converts every tensor and
     checks it against the model's variable, and only then assigns.
     """
     check_tensors(spec, tensors)
     flat = flatten_inputs(spec)
     staged = []
-    for name, layer, suffix, var in _variables(model, spec):
-        value = _to_framework(layer, suffix, tensors[name], flat)
+    for name, layer, suffix, var in variables(model, spec):
+        value = layout.tensor_to_framework(layer, suffix, tensors[name], flat.get(layer.name))
         current = var[...]
         if value.shape != current.shape:
             raise WeightError(f"tensor {name!r} converts to shape {value.shape} but the model's variable has "
@@ -115,7 +98,7 @@ def save_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
     ``nnx.Param`` and ``nnx.BatchStat`` variables), atomically."""
     from flax import serialization
 
-    list(_variables(model, spec))
+    list(variables(model, spec))
     blob = serialization.msgpack_serialize({k: np.asarray(v) for k, v in _native_state(model).items()})
     with atomic_named_path(path) as tmp:
         tmp.write_bytes(blob)
@@ -126,7 +109,7 @@ def load_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
     load leaves the model unchanged. msgpack holds plain arrays: nothing is unpickled."""
     from flax import serialization
 
-    list(_variables(model, spec))
+    list(variables(model, spec))
     try:
         with open(path, "rb") as f:
             blob = f.read()

@@ -1,8 +1,8 @@
-"""The Keras 3 (TensorFlow backend) side of ``rosetta bench`` (run inside ``shared.bench_worker``).
+"""The Keras 3 (TensorFlow backend) side of ``rosetta bench`` (run inside ``rosetta_cnn.tools.bench.worker``).
 
 Implementations measured: ``spec`` (this package's ``build_model``; training in the ``graph``
 configuration through ``keras_impl.train``, a ``tf.function`` step), ``plain`` (VGG / GoogLeNet written by hand
-below with the functional API, from the tables in ``shared/baselines.py``) and
+below with the functional API, from the tables in ``shared/tools/bench/baselines.py``) and
 ``keras.applications`` (``VGG16`` / ``VGG19`` with ``weights=None``, for those two specs).
 
 Configurations: ``graph`` (``model.compile(jit_compile=False)``: a ``tf.function`` running
@@ -20,10 +20,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from shared.baselines import (GOOGLENET_AUX, GOOGLENET_AUX_FROM, GOOGLENET_BODY, GOOGLENET_STEM, VGG_HIDDEN,
-                              VGG_STAGE_CONVS, VGG_STAGE_WIDTHS, PlainArch, is_stock, plain_arch)
-from shared.spec import ModelSpec
-from shared.train import AUX_LOSS_WEIGHT, OptimizerConfig
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.tools.bench import baselines
+from rosetta_cnn.training.trainer import AUX_LOSS_WEIGHT, OptimizerConfig
 
 from . import layout
 from .model import build_model
@@ -75,9 +74,9 @@ def device_memory_mb(device: str) -> float | None:
 
 def implementations(spec: ModelSpec) -> list[str]:
     impls = ["spec"]
-    if plain_arch(spec):
+    if baselines.plain_arch(spec):
         impls.append("plain")
-    if spec.name in APPLICATIONS and is_stock(spec):
+    if spec.name in APPLICATIONS and baselines.is_stock(spec):
         impls.append("keras.applications")
     return impls
 
@@ -106,37 +105,37 @@ def _inception(x: Any, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int) -
     return layers.Concatenate()([b1, b2, b3, b4])
 
 
-def _aux_head(x: Any, a: PlainArch) -> Any:
-    conv, hidden = (a.w(c) for c in GOOGLENET_AUX)
+def _aux_head(x: Any, a: baselines.PlainArch) -> Any:
+    conv, hidden = (a.w(c) for c in baselines.GOOGLENET_AUX)
     pool = max(1, x.shape[1] // 4)  # the paper's 5x5/3 average pool: 14x14 -> 4x4
     x = _basic_conv(layers.AveragePooling2D(pool, pool)(x), conv, 1)
     x = layers.Dense(hidden, activation="relu")(layers.Flatten()(x))
     return layers.Dense(a.num_classes)(layers.Dropout(0.7)(x))
 
 
-def plain_googlenet(a: PlainArch, input_shape: tuple[int, int, int]) -> keras.Model:
+def plain_googlenet(a: baselines.PlainArch, input_shape: tuple[int, int, int]) -> keras.Model:
     """GoogLeNet with the functional API; outputs [logits, aux1, aux2] when it has aux heads."""
     inputs = keras.Input(input_shape)
-    c1, c2, c3 = (a.w(c) for c in GOOGLENET_STEM)
+    c1, c2, c3 = (a.w(c) for c in baselines.GOOGLENET_STEM)
     x = layers.MaxPooling2D(3, 2, padding="same")(_basic_conv(inputs, c1, 7, 2))
     x = layers.MaxPooling2D(3, 2, padding="same")(_basic_conv(_basic_conv(x, c2, 1), c3, 3))
     aux = []
-    for name, widths in GOOGLENET_BODY:
+    for name, widths in baselines.GOOGLENET_BODY:
         if name.startswith("pool"):
             x = layers.MaxPooling2D(3 if name == "pool" else 2, 2, padding="same")(x)
             continue
         x = _inception(x, *(a.w(c) for c in widths))
-        if a.aux and name in GOOGLENET_AUX_FROM:
+        if a.aux and name in baselines.GOOGLENET_AUX_FROM:
             aux.append(_aux_head(x, a))
     x = layers.Dropout(a.dropout)(layers.GlobalAveragePooling2D()(x))
     logits = layers.Dense(a.num_classes)(x)
     return keras.Model(inputs, [logits, *aux] if aux else logits, name="plain_googlenet")
 
 
-def plain_vgg(a: PlainArch, input_shape: tuple[int, int, int]) -> keras.Model:
+def plain_vgg(a: baselines.PlainArch, input_shape: tuple[int, int, int]) -> keras.Model:
     """VGG with the functional API, as ``keras.applications`` writes it (logits out)."""
     inputs = x = keras.Input(input_shape)
-    for convs, width in zip(VGG_STAGE_CONVS[a.depth], VGG_STAGE_WIDTHS):
+    for convs, width in zip(baselines.VGG_STAGE_CONVS[a.depth], baselines.VGG_STAGE_WIDTHS):
         for _ in range(convs):
             if a.batch_norm:
                 x = layers.ReLU()(layers.BatchNormalization(epsilon=1e-5)(layers.Conv2D(a.w(width), 3,
@@ -146,7 +145,7 @@ def plain_vgg(a: PlainArch, input_shape: tuple[int, int, int]) -> keras.Model:
         x = layers.MaxPooling2D(2, 2)(x)
     x = layers.Flatten()(x)
     for _ in range(2):
-        x = layers.Dropout(a.dropout)(layers.Dense(a.w(VGG_HIDDEN), activation="relu")(x))
+        x = layers.Dropout(a.dropout)(layers.Dense(a.w(baselines.VGG_HIDDEN), activation="relu")(x))
     return keras.Model(inputs, layers.Dense(a.num_classes)(x), name="plain_vgg")
 
 
@@ -157,7 +156,7 @@ def build(impl: str, config: str, spec: ModelSpec, device: str) -> keras.Model:
         if impl == "spec":
             return build_model(spec)
         if impl == "plain":
-            a = plain_arch(spec)
+            a = baselines.plain_arch(spec)
             return (plain_vgg if a.family == "vgg" else plain_googlenet)(a, (h, w, c))
         app = getattr(keras.applications, APPLICATIONS[spec.name])
         return app(weights=None, input_shape=(h, w, c), classes=spec.params["num_classes"],

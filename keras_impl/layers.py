@@ -6,13 +6,13 @@ LAST one is named after the spec layer and outputs exactly that layer's output (
 included); helpers before it are named ``f"{layer.name}_pad"``.
 
 Most ops map to native Keras layers. Custom layers exist only where Keras differs from the
-PyTorch semantics of ``shared/ops.py``:
+PyTorch semantics of ``shared/core/ops.py``:
 
 * ``BatchNorm``: ``layers.BatchNormalization`` with a fused ReLU (so the weights stay under
   the spec name) and PyTorch's running-variance update (the unbiased batch variance);
 * ``ConstantPadding2D``: the ``-inf`` padding of PyTorch's max pool where neither ``'valid'``
   nor ``'same'`` gives PyTorch's windows;
-* ``LRN``: the AlexNet paper's local response normalisation (Keras has none);
+* ``LocalResponseNorm``: the AlexNet paper's local response normalisation (Keras has none);
 * ``TransformInput``: torchvision GoogLeNet's input re-scaling;
 * ``AdaptiveAvgPool2D``: PyTorch's adaptive windows where they are not evenly spaced (14 -> 4
   in GoogLeNet's aux heads: [0, 4), [3, 7), [7, 11), [10, 14)); evenly spaced windows (7 -> 7,
@@ -30,8 +30,9 @@ import keras
 import numpy as np
 from keras import ops as kops
 
-from shared import ops
-from shared.spec import Layer
+from rosetta_cnn.core import ops
+from rosetta_cnn.core.layout import lrn_window, pool_padding
+from rosetta_cnn.core.spec import Layer
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -62,29 +63,12 @@ def lrn_alpha(alpha: float, size: int) -> float:
     return alpha
 
 
-def lrn_window(size: int) -> tuple[int, int]:
-    """How many channels before and after channel i its LRN sum covers (clipped at the edges),
-    as torch.nn.LocalResponseNorm: the window [i - size // 2, i + (size - 1) // 2]."""
-    return size // 2, (size - 1) // 2
-
-
 def transform_input_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) per channel of torchvision GoogLeNet's transform_input:
     ``x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5``."""
     scale = np.array([s / 0.5 for s in std], dtype=np.float32)
     shift = np.array([(m - 0.5) / 0.5 for m in mean], dtype=np.float32)
     return scale, shift
-
-
-def pool_padding(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
-    """(before, after) padding of one axis for which a 'valid' pool gives PyTorch's windows.
-
-    PyTorch pads ``p`` before; after, ``ceil_mode`` may need more than ``p`` so that the last
-    window (``shared.ops.pool_out``'s rule) fits: 3x3/2 with ceil_mode on 112 -> (0, 1), 56
-    windows.
-    """
-    out = ops.pool_out(size, k, s, p, ceil_mode)
-    return p, max((out - 1) * s + k - size - p, 0)
 
 
 def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
@@ -171,7 +155,7 @@ class ConstantPadding2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="rosetta")
 class AdaptiveAvgPool2D(keras.layers.Layer):
-    """Average pool of a NHWC map over PyTorch's adaptive windows (``shared.ops.adaptive_windows``),
+    """Average pool of a NHWC map over PyTorch's adaptive windows (``rosetta_cnn.core.ops.adaptive_windows``),
     one axis after the other: the mean over rows of each window, then over its columns."""
 
     def __init__(self, output_size: tuple[int, int], **kwargs: Any):
@@ -188,7 +172,7 @@ class AdaptiveAvgPool2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="rosetta")
-class LRN(keras.layers.Layer):
+class LocalResponseNorm(keras.layers.Layer):
     """Local response normalisation across the channels of a NHWC map, the paper's formula
     ``b_i = a_i / (k + alpha * sum_j a_j^2) ** beta`` over the window of ``lrn_window``."""
 
@@ -287,7 +271,7 @@ def adaptive_avg_pool2d(layer: Layer, rng: np.random.Generator) -> list[keras.la
 
 def lrn(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:
     a = layer.attrs
-    return [LRN(a["size"], a["alpha"], a["beta"], a["k"], name=layer.name)]
+    return [LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"], name=layer.name)]
 
 
 def dropout(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from shared.spec import INPUT, ModelSpec
-from shared.weights import flattened_maps
+from rosetta_cnn.core.layout import flattened_maps
+from rosetta_cnn.core.spec import INPUT, ModelSpec
 
 from . import layers, layout
 

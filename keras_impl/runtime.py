@@ -7,7 +7,7 @@ import weakref
 import keras
 import numpy as np
 
-from shared.weights import flattened_maps
+from rosetta_cnn.core.layout import flattened_maps
 
 from . import layout
 

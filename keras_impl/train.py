@@ -1,5 +1,5 @@
 """The Keras 3 training step: a custom step under ``tf.GradientTape`` with ``keras.optimizers``
-(TensorFlow backend), mapped to PyTorch's update rules (``shared.train.OptimizerConfig``).
+(TensorFlow backend), mapped to PyTorch's update rules (``rosetta_cnn.training.trainer.OptimizerConfig``).
 
 Optimizer mapping, and why each differs from the obvious Keras call:
 
@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops as kops
 
-from shared.spec import ModelSpec
-from shared.train import OptimizerConfig, PackageTrainer, is_parameter, loss_weights
+from rosetta_cnn.core.layout import flatten_inputs
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.training.trainer import OptimizerConfig, PackageTrainer, is_parameter, loss_weights
 
 from . import layout, weights
 
@@ -72,7 +73,7 @@ def coupled_l2(opt: OptimizerConfig) -> float:
 
 
 class KerasTrainer(PackageTrainer):
-    """Trains a functional Keras model in place (see ``shared.train.Trainer``)."""
+    """Trains a functional Keras model in place (see ``rosetta_cnn.training.trainer.Trainer``)."""
 
     framework = "keras"
 
@@ -119,10 +120,9 @@ class KerasTrainer(PackageTrainer):
         """Canonical gradients of the training loss (without the L2 term); nothing is updated."""
         _, grads = self._grad_step(*self._inputs(x_nchw, y))
         by_variable = {id(v): g for v, g in zip(self.model.trainable_variables, grads)}
-        # weights._tensors pairs each canonical name with its variable and layout converter
-        return {name: from_keras(by_variable[id(variable)].numpy())
-                for name, variable, _, from_keras in weights._tensors(self.model, self.spec)
-                if is_parameter(name)}
+        flat = flatten_inputs(self.spec)
+        return {name: layout.tensor_from_framework(layer, suffix, by_variable[id(variable)].numpy(), flat.get(layer.name))
+                for name, layer, suffix, variable in weights.variables(self.model, self.spec) if is_parameter(name)}
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """``{f"{index}.{variable name}": array}`` over ``optimizer.variables`` (iterations, slots)."""

@@ -14,21 +14,24 @@ batch_norm     running_*     ``moving_mean``, ``moving_variance``
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import keras
 import numpy as np
 
-from shared.checkpoints import atomic_named_path, check_names_shapes, read_keras_h5
-from shared.errors import WeightError
-from shared.spec import Layer, ModelSpec
-from shared.weights import check_tensors, expected_tensors, flatten_inputs, load_canonical, save_canonical
+from rosetta_cnn.core.canonical import check_tensors, expected_tensors, load_canonical, save_canonical
+from rosetta_cnn.core.errors import WeightError
+from rosetta_cnn.core.files import atomic_named_path, check_names_shapes
+from rosetta_cnn.core.layout import flatten_inputs
+from rosetta_cnn.core.spec import Layer, ModelSpec
+from rosetta_cnn.formats.keras_applications import read_keras_h5
 
 from . import layout
 
 FRAMEWORK = "keras"
 
-_VARIABLES = {
+#: canonical tensor suffix -> Keras variable attribute, per op
+VARIABLES: dict[str, dict[str, str]] = {
     "conv2d": {"weight": "kernel", "bias": "bias"},
     "linear": {"weight": "kernel", "bias": "bias"},
     "batch_norm": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
@@ -36,52 +39,34 @@ _VARIABLES = {
 }
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
-
-
-def _vector(a: np.ndarray) -> np.ndarray:
-    """Biases and BatchNorm vectors have the same layout in both."""
-    return np.array(a, dtype=np.float32)
-
-
-def _converters(layer: Layer, flat_inputs: Mapping[str, layout.CHW], suffix: str) -> tuple[Convert, Convert]:
-    """(canonical -> Keras, Keras -> canonical) for one tensor."""
-    if suffix != "weight" or layer.op == "batch_norm":
-        return _vector, _vector
-    if layer.op == "conv2d":
-        return layout.conv_kernel_to_framework, layout.conv_kernel_from_framework
-    chw = flat_inputs.get(layer.name)
-    return (lambda w: layout.linear_kernel_to_framework(w, chw),
-            lambda w: layout.linear_kernel_from_framework(w, chw))
-
-
-def _tensors(model: keras.Model, spec: ModelSpec) -> Iterator[tuple[str, keras.Variable, Convert, Convert]]:
-    """(canonical name, Keras variable, to Keras, from Keras) for every canonical tensor."""
-    flat_inputs = flatten_inputs(spec)
+def variables(model: keras.Model, spec: ModelSpec) -> Iterator[tuple[str, Layer, str, keras.Variable]]:
+    """(canonical name, spec layer, suffix, Keras variable) for every canonical tensor."""
     for name in expected_tensors(spec):
         layer_name, suffix = name.rsplit(".", 1)
         layer = spec.layer(layer_name)
         try:
-            variable = getattr(model.get_layer(layer_name), _VARIABLES[layer.op][suffix])
+            variable = getattr(model.get_layer(layer_name), VARIABLES[layer.op][suffix])
         except ValueError:
             raise WeightError(f"the Keras model {model.name!r} has no layer {layer_name!r}: "
                               f"it was not built from spec {spec.name!r}") from None
-        yield (name, variable, *_converters(layer, flat_inputs, suffix))
+        yield name, layer, suffix, variable
 
 
 def export_weights(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
-    return {name: from_keras(keras.ops.convert_to_numpy(variable))
-            for name, variable, _, from_keras in _tensors(model, spec)}
+    flat = flatten_inputs(spec)
+    return {name: layout.tensor_from_framework(layer, suffix, keras.ops.convert_to_numpy(variable), flat.get(layer.name))
+            for name, layer, suffix, variable in variables(model, spec)}
 
 
 def import_weights(model: keras.Model, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
     """Load canonical ``tensors`` into ``model``: check every name and shape, convert
     everything, then assign, so that a failed import leaves the model unchanged."""
     check_tensors(spec, tensors)
+    flat = flatten_inputs(spec)
     updates = []
-    for name, variable, to_keras, _ in _tensors(model, spec):
-        value = to_keras(np.asarray(tensors[name], dtype=np.float32))
+    for name, layer, suffix, variable in variables(model, spec):
+        value = layout.tensor_to_framework(layer, suffix, tensors[name], flat.get(layer.name))
         if value.shape != tuple(variable.shape):
             raise WeightError(f"tensor {name!r} becomes shape {value.shape} in Keras but the model's variable "
                               f"{variable.path!r} has shape {tuple(variable.shape)}: the model was built "
@@ -117,7 +102,7 @@ def save_native(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) ->
     """Write Keras' own format, atomically: ``model.save`` for ``.keras`` (architecture and
     weights), ``model.save_weights`` for ``.weights.h5``."""
     suffix = _native_suffix(path)
-    list(_tensors(model, spec))  # the model fits the spec
+    list(variables(model, spec))  # the model fits the spec
     with atomic_named_path(path) as tmp:
         (model.save if suffix == ".keras" else model.save_weights)(tmp)
 
@@ -127,7 +112,7 @@ def load_native(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) ->
     variable shapes are checked first (Keras itself only warns about layers it skips); on any
     failure every variable is restored, so a failed load leaves the model unchanged."""
     _native_suffix(path)
-    list(_tensors(model, spec))
+    list(variables(model, spec))
     expected = {f"{layer.name}.{i}": tuple(v.shape) for layer in model.layers for i, v in enumerate(layer.weights)}
     got = {f"{name}.{i}": v.shape for name, values in read_keras_h5(path).items() for i, v in enumerate(values)}
     check_names_shapes(expected, got, source=str(path), target=f"the Keras model of {spec.name!r}")

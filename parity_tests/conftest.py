@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared import frameworks as registry
+from rosetta_cnn.core import ports
 
-ALL_FRAMEWORKS = list(registry.FRAMEWORKS)
-AVAILABLE = registry.available()
+ALL_FRAMEWORKS = list(ports.FRAMEWORKS)
+AVAILABLE = ports.available()
 
 # Reduced configurations that keep every op of each model (grouped convs, LRN, ceil-mode
 # pools, overlapping adaptive-pool windows, aux heads) but run in seconds on 2 cores.

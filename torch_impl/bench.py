@@ -1,8 +1,8 @@
-"""The PyTorch side of ``rosetta bench`` (run inside ``shared.bench_worker``).
+"""The PyTorch side of ``rosetta bench`` (run inside ``rosetta_cnn.tools.bench.worker``).
 
 Implementations measured: ``spec`` (this package's ``build_model``; training through
 ``torch_impl.train``), ``plain`` (VGG / GoogLeNet written by hand below, torchvision style,
-from the tables in ``shared/baselines.py``) and ``torchvision`` (``torchvision.models`` with
+from the tables in ``shared/tools/bench/baselines.py``) and ``torchvision`` (``torchvision.models`` with
 ``weights=None``, when installed and the spec is a stock architecture).
 
 Configurations: ``nchw`` (eager, contiguous NCHW: PyTorch's default), ``channels_last``
@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.baselines import (GOOGLENET_AUX, GOOGLENET_AUX_FROM, GOOGLENET_BODY, GOOGLENET_STEM, VGG_HIDDEN,
-                              VGG_STAGE_CONVS, VGG_STAGE_WIDTHS, PlainArch, is_stock, plain_arch)
-from shared.spec import ModelSpec
-from shared.train import AUX_LOSS_WEIGHT, OptimizerConfig
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.tools.bench import baselines
+from rosetta_cnn.training.trainer import AUX_LOSS_WEIGHT, OptimizerConfig
 
 from .model import build_model
 from .train import make_trainer
@@ -79,9 +78,9 @@ def device_memory_mb(device: str) -> float | None:
 
 def implementations(spec: ModelSpec) -> list[str]:
     impls = ["spec"]
-    if plain_arch(spec):
+    if baselines.plain_arch(spec):
         impls.append("plain")
-    if importlib.util.find_spec("torchvision") and is_stock(spec) and _torchvision_name(spec):
+    if importlib.util.find_spec("torchvision") and baselines.is_stock(spec) and _torchvision_name(spec):
         impls.append("torchvision")
     return impls
 
@@ -118,8 +117,8 @@ class Inception(nn.Module):
 
 
 class AuxHead(nn.Sequential):
-    def __init__(self, cin: int, a: PlainArch):
-        conv, hidden = (a.w(c) for c in GOOGLENET_AUX)
+    def __init__(self, cin: int, a: baselines.PlainArch):
+        conv, hidden = (a.w(c) for c in baselines.GOOGLENET_AUX)
         super().__init__(nn.AdaptiveAvgPool2d(4), BasicConv(cin, conv, 1), nn.Flatten(),
                          nn.Linear(conv * 16, hidden), nn.ReLU(inplace=True), nn.Dropout(0.7),
                          nn.Linear(hidden, a.num_classes))
@@ -128,16 +127,16 @@ class AuxHead(nn.Sequential):
 class PlainGoogLeNet(nn.Module):
     """GoogLeNet as torchvision writes it; in training mode returns (logits, aux1, aux2)."""
 
-    def __init__(self, a: PlainArch):
+    def __init__(self, a: baselines.PlainArch):
         super().__init__()
-        c1, c2, c3 = (a.w(c) for c in GOOGLENET_STEM)
+        c1, c2, c3 = (a.w(c) for c in baselines.GOOGLENET_STEM)
         self.stem = nn.Sequential(BasicConv(a.in_channels, c1, 7, 2, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
                                   BasicConv(c1, c2, 1), BasicConv(c2, c3, 3, padding=1),
                                   nn.MaxPool2d(3, 2, ceil_mode=True))
         self.body = nn.ModuleDict()
         self.aux = nn.ModuleDict()
         cin = c3
-        for name, widths in GOOGLENET_BODY:
+        for name, widths in baselines.GOOGLENET_BODY:
             if name.startswith("pool"):
                 k = 3 if name == "pool" else 2
                 self.body[name] = nn.MaxPool2d(k, 2, ceil_mode=True)
@@ -145,7 +144,7 @@ class PlainGoogLeNet(nn.Module):
             w = [a.w(c) for c in widths]
             self.body[name] = Inception(cin, *w)
             cin = w[0] + w[2] + w[4] + w[5]
-            if a.aux and name in GOOGLENET_AUX_FROM:
+            if a.aux and name in baselines.GOOGLENET_AUX_FROM:
                 self.aux[name] = AuxHead(cin, a)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(a.dropout),
                                   nn.Linear(cin, a.num_classes))
@@ -161,11 +160,11 @@ class PlainGoogLeNet(nn.Module):
         return (logits, *aux) if aux else logits
 
 
-def plain_vgg(a: PlainArch) -> nn.Sequential:
+def plain_vgg(a: baselines.PlainArch) -> nn.Sequential:
     """VGG as torchvision writes it: features, 7x7 adaptive pool, three-layer classifier."""
     layers: list[nn.Module] = []
     cin = a.in_channels
-    for convs, width in zip(VGG_STAGE_CONVS[a.depth], VGG_STAGE_WIDTHS):
+    for convs, width in zip(baselines.VGG_STAGE_CONVS[a.depth], baselines.VGG_STAGE_WIDTHS):
         for _ in range(convs):
             layers.append(nn.Conv2d(cin, a.w(width), 3, padding=1))
             if a.batch_norm:
@@ -173,7 +172,7 @@ def plain_vgg(a: PlainArch) -> nn.Sequential:
             layers.append(nn.ReLU(inplace=True))
             cin = a.w(width)
         layers.append(nn.MaxPool2d(2, 2))
-    hidden = a.w(VGG_HIDDEN)
+    hidden = a.w(baselines.VGG_HIDDEN)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(),
                          nn.Linear(cin * 49, hidden), nn.ReLU(inplace=True), nn.Dropout(a.dropout),
                          nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(a.dropout),
@@ -192,7 +191,7 @@ def build(impl: str, config: str, spec: ModelSpec, device: str) -> nn.Module:
     if impl == "spec":
         model = build_model(spec, channels_last=config != "nchw")
     elif impl == "plain":
-        a = plain_arch(spec)
+        a = baselines.plain_arch(spec)
         model = plain_vgg(a) if a.family == "vgg" else PlainGoogLeNet(a)
     else:
         import torchvision

@@ -1,6 +1,6 @@
 """PyTorch layers for the spec's ops, and ``OPS``: the one dispatch table from op name to layer.
 
-PyTorch is the reference framework of the spec (``shared/ops.py`` defines every op by
+PyTorch is the reference framework of the spec (``shared/core/ops.py`` defines every op by
 PyTorch's semantics), so almost every op maps to a native ``torch.nn`` layer with the spec's
 attributes passed straight through. The two conventions that need care have named helpers:
 
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shared.spec import Layer
+from rosetta_cnn.core.spec import Layer
 
 
 def lrn_alpha(alpha: float, size: int) -> float:

@@ -1,6 +1,6 @@
 """Conversions between the canonical layout and PyTorch's: the canonical layout IS PyTorch's.
 
-The canonical weight format (``shared/weights.py``) was defined by PyTorch's ``state_dict``:
+The canonical weight format (``shared/core/canonical.py``) was defined by PyTorch's ``state_dict``:
 conv weights ``[O, I/groups, kH, kW]``, linear weights ``[out, in]`` with a flattened
 ``(C, H, W)`` input numbered channel-first, exactly what ``nn.Conv2d``, ``nn.Linear`` and
 ``nn.Flatten`` on NCHW use. So no tensor is transposed or permuted here: the functions only

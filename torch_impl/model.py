@@ -4,7 +4,7 @@ Papers: AlexNet https://papers.nips.cc/paper/4824 , VGG https://arxiv.org/abs/14
 GoogLeNet https://arxiv.org/abs/1409.4842 .
 
 ``SpecModel`` registers every spec layer as a submodule under the layer's own name, so
-``state_dict()`` keys are exactly the canonical tensor names of ``shared/weights.py`` (plus
+``state_dict()`` keys are exactly the canonical tensor names of ``shared/core/canonical.py`` (plus
 BatchNorm's ``num_batches_tracked`` counters). There are no architecture constants here:
 everything comes from the spec, through the ``layers.OPS`` dispatch table.
 
@@ -12,7 +12,7 @@ Outputs follow torchvision's GoogLeNet: in eval mode ``model(x)`` returns the lo
 and the auxiliary heads (``training_only`` layers) are not computed; in training mode a spec
 with auxiliary outputs returns a dict ``{"logits": ..., "aux1": ..., "aux2": ...}`` (the keys
 of ``spec.outputs``) and a spec without them returns the logits tensor.
-``model.forward_activations(x)`` returns every computed layer's output by layer name.
+``model.activations(x)`` returns every computed layer's output by layer name.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.spec import INPUT, ModelSpec
+from rosetta_cnn.core.spec import INPUT, ModelSpec
 
 from . import layers
 
@@ -62,7 +62,7 @@ class SpecModel(nn.Module):
             return {key: values[name] for key, name in self.spec.outputs.items()}
         return values[self.spec.outputs["logits"]]
 
-    def forward_activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every computed layer's output by spec layer name (post fused activation).
 
         Auxiliary-head layers are included only in training mode, where they are computed.

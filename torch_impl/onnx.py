@@ -1,4 +1,4 @@
-"""ONNX export of the PyTorch port (https://onnx.ai), run by ``shared.onnx_runtime``.
+"""ONNX export of the PyTorch port (https://onnx.ai), run by ``rosetta_cnn.formats.onnx_runtime``.
 
 Only the PyTorch port exports ONNX: ``torch.onnx.export`` (the ``torch.export``-based
 exporter, opset 18) traces the eval-mode graph. The file holds the weights inline (every
@@ -8,7 +8,7 @@ bundled model is far below ONNX's 2 GiB protobuf limit), takes a NCHW float32 ba
 The exporter imports ``torch._dynamo`` and with it Triton, which crashes the process
 (segmentation fault) when TensorFlow was imported first (both bundle LLVM). So when
 TensorFlow is loaded, ``export_onnx`` writes the weights to a temporary canonical file and
-exports in a fresh interpreter (``python -m torch_impl.onnx WEIGHTS.safetensors OUT.onnx``).
+exports in a fresh interpreter (``python -m rosetta_cnn.torch_impl.onnx WEIGHTS.safetensors OUT.onnx``).
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import warnings
 
 import torch
 
-from shared.errors import RosettaError
-from shared.spec import ModelSpec
-from shared.weights import atomic_path, load_canonical
+from rosetta_cnn.core.canonical import load_canonical
+from rosetta_cnn.core.errors import RosettaError
+from rosetta_cnn.core.files import atomic_path
+from rosetta_cnn.core.spec import ModelSpec
 
 from .model import SpecModel, build_model
 from .weights import import_weights, save_weights
@@ -63,7 +64,7 @@ def export_onnx(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
 
 def main(argv: list[str] | None = None) -> int:
     """Export a canonical weight file to ONNX (used by ``export_onnx`` in a fresh interpreter)."""
-    p = argparse.ArgumentParser(prog="python -m torch_impl.onnx", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m rosetta_cnn.torch_impl.onnx", description=main.__doc__)
     p.add_argument("weights", help="canonical .safetensors file")
     p.add_argument("out", help="output .onnx file")
     args = p.parse_args(argv)

@@ -50,7 +50,7 @@ def forward(model: SpecModel, x: np.ndarray, *, train: bool = False, activations
     try:
         with torch.inference_mode():
             if activations:
-                values = model.forward_activations(inputs)
+                values = model.activations(inputs)
                 outputs = {key: values[name] for key, name in model.spec.outputs.items() if name in values}
             else:
                 values = {}

@@ -1,6 +1,6 @@
 """The PyTorch training step: ``loss.backward()`` and ``torch.optim``, the reference semantics.
 
-Optimizer mapping (``shared.train.OptimizerConfig`` is defined by these three classes):
+Optimizer mapping (``rosetta_cnn.training.trainer.OptimizerConfig`` is defined by these three classes):
 
 * ``sgd``: ``torch.optim.SGD(lr, momentum, weight_decay)``: coupled L2,
   ``buf = momentum * buf + (grad + wd * p)``, ``p -= lr * buf``;
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.spec import ModelSpec
-from shared.train import OptimizerConfig, PackageTrainer, loss_weights
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.training.trainer import OptimizerConfig, PackageTrainer, loss_weights
 
 from . import layout
 from .model import SpecModel
@@ -64,7 +64,7 @@ def build_optimizer(params: list[torch.nn.Parameter], opt: OptimizerConfig) -> t
 
 
 class TorchTrainer(PackageTrainer):
-    """Trains a ``SpecModel`` in place on the CPU (see ``shared.train.Trainer``)."""
+    """Trains a ``SpecModel`` in place on the CPU (see ``rosetta_cnn.training.trainer.Trainer``)."""
 
     framework = "torch"
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.checkpoints import check_names_shapes, read_state_dict
-from shared.errors import WeightError
-from shared.spec import ModelSpec
-from shared.weights import atomic_path
-from shared.weights import check_tensors, expected_tensors, load_canonical, save_canonical
+from rosetta_cnn.core.canonical import check_tensors, expected_tensors, load_canonical, save_canonical
+from rosetta_cnn.core.errors import WeightError
+from rosetta_cnn.core.files import atomic_path, check_names_shapes
+from rosetta_cnn.core.spec import ModelSpec
+from rosetta_cnn.formats.torchvision import read_state_dict
 
 from . import layout
 

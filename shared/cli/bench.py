@@ -1,0 +1,62 @@
+"""``rosetta bench``: throughput, compile time and memory per framework (``tools/bench``)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..core import ports
+from ..core.errors import RosettaError, SpecError
+from ..tools.bench.runner import DEFAULT_MODELS
+from .main import parse_input
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from ..core.spec import list_models, load_spec, parse_overrides
+    from ..tools.bench.runner import run_bench
+
+    unknown = [m for m in args.models if m not in list_models()]
+    if unknown:
+        raise SpecError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(list_models())}")
+    if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
+        raise RosettaError("--repeats and --batch must be at least 1, --warmup at least 0")
+    usable = len(os.sched_getaffinity(0))
+    if not 1 <= args.threads <= usable:
+        raise RosettaError(f"--threads must be between 1 and {usable} (the CPUs this process may use)")
+    installed = ports.installed()
+    fws = args.frameworks or installed
+    missing = [f for f in fws if f not in installed]
+    if missing:
+        raise RosettaError(f"framework(s) not installed: {', '.join(missing)} "
+                           f"(install with {ports.install_hint(missing[0])})")
+    overrides = parse_overrides(args.set)
+    if args.input:
+        overrides["input_size"] = list(parse_input(args.input, 2))
+    for m in args.models:
+        load_spec(m, overrides)  # bad overrides fail here, before any worker starts
+    report = run_bench([{"name": m, "overrides": overrides} for m in args.models], fws, args.out,
+                       batches=args.batch, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                       threads=args.threads, configs=args.configs, modes=args.modes)
+    return 1 if report["failures"] or report["errors"] else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("bench", help="benchmark inference, training, compile time and memory per framework "
+                                     "and recommend one")
+    s.add_argument("--models", nargs="+", metavar="MODEL", default=list(DEFAULT_MODELS),
+                   help=f"models to measure (default: {' '.join(DEFAULT_MODELS)})")
+    s.add_argument("--frameworks", nargs="+", choices=list(ports.FRAMEWORKS), help="default: every installed one")
+    s.add_argument("--batch", nargs="+", type=int, default=[8], metavar="N", help="batch sizes (default: 8)")
+    s.add_argument("--input", metavar="HxW", help="input size (default: each spec's, 224x224)")
+    s.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    s.add_argument("--repeats", type=int, default=5, metavar="N", help="timed steps per measurement (default: 5)")
+    s.add_argument("--out", default="bench", metavar="DIR", help="output folder (default: ./bench)")
+    s.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="override a spec parameter of every model, e.g. width_divisor=8")
+    s.add_argument("--configs", nargs="+", metavar="NAME",
+                   help="measure only these configurations, as labelled in the table (e.g. channels_last xla "
+                        "jax_jit+onednn)")
+    s.add_argument("--modes", nargs="+", choices=["infer", "train"], default=["infer", "train"])
+    s.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
+                   help="CPU threads per framework (each worker is pinned to N CPUs; default: all usable)")
+    s.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed steps after the first (default: 1)")
+    s.set_defaults(func=run_bench_command)

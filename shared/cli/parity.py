@@ -1,0 +1,90 @@
+"""``rosetta parity``: the cross-framework parity matrix, with the first-divergence report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..core import ports
+from ..core.errors import RosettaError, SpecError
+from .main import parse_input
+
+
+def run_parity(args: argparse.Namespace) -> int:
+    from ..core.files import atomic_path
+    from ..core.spec import list_models
+    from ..tools import plots
+    from ..verification.parity import format_layers, format_markdown, format_matrix, gpu_frameworks, model_parity
+
+    models = args.models or list_models()
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise SpecError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(list_models())}")
+    fws = args.frameworks or ports.available()
+    for f in fws:
+        ports.load(f)
+    if len(fws) < 2:
+        print(f"parity needs at least two frameworks; available here: {', '.join(fws) or 'none'}", file=sys.stderr)
+        return 2
+    size = parse_input(args.input, 2) if args.input else None
+    devices = {"cpu": ["cpu"], "gpu": ["gpu"], "all": ["cpu", "gpu"]}[args.device]
+    if "gpu" in devices:
+        gpu_fws = gpu_frameworks(fws)
+        if len(gpu_fws) < len(fws):
+            missing = sorted(set(fws) - set(gpu_fws))
+            msg = f"no GPU visible to: {', '.join(missing)}"
+            if args.device == "gpu":
+                print(f"rosetta parity: {msg}", file=sys.stderr)
+                return 2
+            print(f"{msg}; running on the CPU only", file=sys.stderr)
+            devices = ["cpu"]
+    t0 = time.perf_counter()
+    records = []
+    for i, model in enumerate(models, 1):
+        print(f"[{i}/{len(models)}] {model}", file=sys.stderr, flush=True)
+        records += model_parity(model, fws, input_size=size, devices=devices, per_layer=args.per_layer,
+                                targets=args.targets,
+                                progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
+    print(format_matrix(records))
+    for r in records:
+        if r.layers is not None and (args.per_layer or not r.passed):
+            print()
+            print(format_layers(r))
+    print(f"\n{len(models)} model(s), {len(fws)} frameworks, {time.perf_counter() - t0:.0f} s")
+    as_json = json.dumps([r.to_json() for r in records], indent=2)
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(as_json)
+    if args.png:
+        plots.plot_parity(records, args.png)
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RosettaError(f"--out {out}: cannot create the directory: {e}") from None
+        with atomic_path(out / "parity.json") as tmp:
+            tmp.write_text(as_json)
+        with atomic_path(out / "parity.md") as tmp:
+            tmp.write_text(format_markdown(records))
+        plots.write_optional(plots.plot_parity, records, out / "parity.png")
+        print(f"wrote {out / 'parity.json'}, parity.md and parity.png (rosetta docs --parity {out})")
+    return 0 if all(r.passed for r in records) else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("parity", help="cross-framework parity matrix")
+    s.add_argument("--models", nargs="+", metavar="MODEL")
+    s.add_argument("--frameworks", nargs="+", choices=list(ports.FRAMEWORKS))
+    s.add_argument("--input", metavar="HxW", help="input size (default: each spec's, 224x224)")
+    s.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu")
+    s.add_argument("--per-layer", action="store_true", help="print every layer's difference for every pair")
+    s.add_argument("--targets", nargs="+", default=[], choices=list(ports.TARGETS), metavar="TARGET",
+                   help=f"also run each framework's export in these runtimes, eval mode, CPU "
+                        f"({', '.join(ports.TARGETS)}: exported by the torch port, so torch must be installed)")
+    s.add_argument("--json", metavar="FILE", help="write the records as JSON")
+    s.add_argument("--png", metavar="FILE", help="write a heat map")
+    s.add_argument("--out", metavar="DIR", help="write parity.json, parity.md and parity.png into DIR")
+    s.set_defaults(func=run_parity)

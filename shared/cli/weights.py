@@ -1,0 +1,107 @@
+"""``rosetta init``, ``rosetta predict`` and ``rosetta convert``: weight files in and out."""
+from __future__ import annotations
+
+import argparse
+
+from ..core import ports
+from ..core.errors import RosettaError
+from ..formats.convert import FORMATS
+from .main import spec_from_args
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from ..core.canonical import random_canonical
+
+    spec = spec_from_args(args.model, args.set)
+    mod = ports.load(args.framework)
+    model = mod.build_model(spec, seed=args.seed)
+    # non-trivial BatchNorm statistics (and weights) so a later parity check means something
+    mod.import_weights(model, spec, random_canonical(spec, args.seed))
+    mod.save_weights(model, spec, args.out)
+    print(f"wrote {args.out}: {spec.name} built in {args.framework} (seed {args.seed})")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..core.canonical import load_canonical, spec_from_file
+    from ..core.files import atomic_path
+
+    spec = spec_from_file(args.weights)
+    if spec.name != args.model:
+        raise RosettaError(f"{args.weights} holds weights of {spec.name!r}, not {args.model!r}")
+    spec, tensors = load_canonical(args.weights, spec)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RosettaError(f"cannot read --input {args.input}: {e}") from None
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise RosettaError(f"--input must be a batch of images (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    if args.layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+    if x.shape[1:] != spec.input_shape:
+        raise RosettaError(f"--input has shape {x.shape[1:]} ({args.layout}: as NCHW), model {spec.name} expects "
+                           f"{spec.input_shape}")
+    mod = ports.load(args.framework)
+    model = mod.build_model(spec)
+    mod.import_weights(model, spec, tensors)
+    x = x.astype(np.float32)
+    logits = mod.forward(model, x, train=False)["logits"]
+    if args.tta:
+        # the AlexNet paper's test-time averaging over horizontal reflections: flip W of NCHW
+        flipped = np.ascontiguousarray(x[..., ::-1])
+        logits = (logits + mod.forward(model, flipped, train=False)["logits"]) / 2
+    with atomic_path(args.output) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, logits)
+    print(f"wrote {args.output}: logits {logits.shape} from {args.framework}"
+          + (" (averaged with the horizontally flipped input)" if args.tta else ""))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..core.spec import parse_overrides
+    from ..formats.convert import convert
+
+    spec, fmt_in, fmt_out = convert(args.src, args.dst, model=args.model, src_format=getattr(args, "from"),
+                                    dst_format=args.to, sets=parse_overrides(args.set))
+    print(f"wrote {args.dst}: {spec.name} ({fmt_in} -> {fmt_out})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("init", help="build a model and write its canonical weights")
+    s.add_argument("model")
+    s.add_argument("--framework", required=True, choices=list(ports.FRAMEWORKS))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--set", action="append", default=[], metavar="key=value")
+    s.add_argument("--out", required=True, metavar="FILE.safetensors")
+    s.set_defaults(func=run_init)
+
+    s = sub.add_parser("predict", help="eval-mode logits of canonical weights in one framework")
+    s.add_argument("--model", required=True)
+    s.add_argument("--weights", required=True, metavar="FILE.safetensors")
+    s.add_argument("--framework", required=True, choices=list(ports.FRAMEWORKS))
+    s.add_argument("--input", required=True, metavar="X.npy")
+    s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw")
+    s.add_argument("--tta", action="store_true",
+                   help="average the logits of the input and its horizontal flip (the AlexNet paper's test time)")
+    s.add_argument("--output", required=True, metavar="Y.npy")
+    s.set_defaults(func=run_predict)
+
+    table = "\n".join(f"  {f:<19} {s:<13} {d}" for f, (s, d) in FORMATS.items())
+    s = sub.add_parser("convert", help="convert weights between torchvision, keras.applications, canonical, "
+                       "each framework's own format and ONNX",
+                       description="Convert a checkpoint between formats (inferred from file names):\n" + table,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("src", metavar="SRC")
+    s.add_argument("dst", metavar="DST")
+    s.add_argument("--model", metavar="M", help="the model (needed for the ports' own formats)")
+    s.add_argument("--from", choices=list(FORMATS), metavar="FORMAT", help="format of SRC")
+    s.add_argument("--to", choices=list(FORMATS), metavar="FORMAT", help="format of DST")
+    s.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="spec override the file cannot hold, e.g. transform_input=true")
+    s.set_defaults(func=run_convert)

@@ -1,0 +1,177 @@
+"""Convert weights between formats (``rosetta convert``).
+
+Every conversion goes through the canonical tensors (``core/canonical.py``): the source is
+read and checked against the model's spec, then written in the target format (atomically:
+an interrupted conversion leaves no partial file). Formats, and the file endings they are
+inferred from:
+
+=====================  ================  ==================================================
+format                 file name         what
+=====================  ================  ==================================================
+``canonical``          ``.safetensors``  the project's canonical weights
+``torchvision``        ``.pth``          a ``torchvision.models.<name>`` ``state_dict``
+``keras-applications`` ``.weights.h5``   ``keras.applications.VGG16/VGG19`` weights (with or
+                                         without the top)
+``torch``              ``.pt``           the PyTorch port's ``state_dict``
+``keras``              ``.keras``        the Keras port's model file (``--from/--to keras``
+                                         for its ``.weights.h5``)
+``flax``               ``.msgpack``      the Flax port's NNX state
+``onnx``               ``.onnx``         ONNX from the PyTorch port (target only)
+=====================  ================  ==================================================
+
+torchvision and keras.applications files name their model by their tensor names (and the
+class count by their last layer); the ports' own files need ``--model``. ``--set`` sets spec
+overrides a file cannot hold, e.g. ``--set transform_input=true`` for torchvision's
+pretrained GoogLeNet. No framework is imported until a command runs.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+from ..core import ports
+from ..core.canonical import check_tensors, guess_model, load_canonical, save_canonical
+from ..core.errors import RosettaError, WeightError
+from ..core.spec import load_spec
+from . import keras_applications as ka
+from . import torchvision as tv
+
+#: format -> (default file ending, description)
+FORMATS: dict[str, tuple[str, str]] = {
+    "canonical": (".safetensors", "canonical Rosetta weights"),
+    "torchvision": (".pth", "torchvision state_dict"),
+    "keras-applications": (".weights.h5", "keras.applications VGG16/VGG19 weights"),
+    "torch": (".pt", "the PyTorch port's state_dict"),
+    "keras": (".keras", "the Keras port's model file (or .weights.h5)"),
+    "flax": (".msgpack", "the Flax port's NNX state"),
+    "onnx": (".onnx", "ONNX, exported from the PyTorch port (target only)"),
+}
+
+#: the ports' own formats -> framework
+NATIVE: dict[str, str] = {"torch": "torch", "keras": "keras", "flax": "flax"}
+
+
+def infer_format(path: str, given: str | None, role: str) -> str:
+    """The format named by ``--from``/``--to``, else the one ``path``'s ending names."""
+    if given:
+        return given
+    for fmt, (suffix, _) in sorted(FORMATS.items(), key=lambda kv: -len(kv[1][0])):
+        if path.endswith(suffix):
+            return fmt
+    known = ", ".join(f"{s} ({f})" for f, (s, _) in FORMATS.items())
+    raise RosettaError(f"cannot tell the format of {role} {path!r} from its name; known endings: {known}; "
+                       f"or pass --{'from' if role == 'SRC' else 'to'} FORMAT")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _spec(model: str, inferred: Mapping[str, Any], sets: Mapping[str, Any]) -> Any:
+    return load_spec(model, {**inferred, **sets})
+
+
+def read(path: str, fmt: str, model: str | None = None, sets: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
+    """Read ``path`` in format ``fmt`` -> (spec, canonical tensors), checked against the spec."""
+    sets = dict(sets or {})
+    if fmt == "canonical":
+        if sets:
+            raise RosettaError("a canonical file records its own overrides; --set applies to other formats")
+        spec, tensors = load_canonical(path)
+        if model and spec.name != model:
+            raise WeightError(f"{path} holds weights of {spec.name!r}, not {model!r}")
+        return spec, tensors
+    if fmt == "torchvision":
+        state = tv.read_state_dict(path)
+        spec = _spec(*_described(tv.infer_torchvision_model, state, model), sets)
+        return spec, tv.from_torchvision(spec, state, source=path)
+    if fmt == "keras-applications":
+        layers = ka.read_keras_h5(path)
+        return ka.from_keras_applications(_spec(*_described(ka.infer_keras_model, layers, model), sets), layers,
+                                          source=path)
+    if fmt == "torch" and not model:
+        state = tv.read_state_dict(path)
+        spec = _spec(*_guess_native(state), sets)
+        tensors = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+        check_tensors(spec, tensors, source=path)
+        return spec, tensors
+    if fmt in NATIVE:
+        if not model:
+            raise RosettaError(f"reading a {fmt} file needs --model (the file does not name its model)")
+        spec = _spec(model, {}, sets)
+        mod = ports.load(NATIVE[fmt])
+        net = mod.build_model(spec)
+        ports.module(NATIVE[fmt], "weights").load_native(net, spec, path)
+        return spec, mod.export_weights(net, spec)
+    raise RosettaError(f"cannot read format {fmt!r}" + (" (ONNX is a target only)" if fmt == "onnx" else ""))
+
+
+def _described(infer: Callable[[Any], tuple[str, dict[str, Any]]], data: Any,
+               model: str | None) -> tuple[str, dict[str, Any]]:
+    """(model, overrides) the file describes (class count, aux heads); ``--model`` wins over
+    the architecture the names suggest, and a file whose architecture cannot be told needs it."""
+    try:
+        name, overrides = infer(data)
+    except WeightError:
+        if not model:
+            raise
+        return model, {}
+    if model and model != name:  # another architecture: only the class count carries over
+        return model, {k: v for k, v in overrides.items() if k == "num_classes"}
+    return name, overrides
+
+
+def _guess_native(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(model, overrides) of a file with canonical tensor names: the bundled model whose names
+    match best, its class count from the logits layer and GoogLeNet's ``aux_logits``."""
+    names = {k for k in state if not k.endswith(".num_batches_tracked")}
+    model = guess_model(names)
+    if model is None:
+        raise WeightError("the tensor names match no bundled model; pass --model")
+    spec = load_spec(model)
+    overrides: dict[str, Any] = {}
+    logits = f"{spec.outputs['logits']}.weight"
+    if logits in state:
+        overrides["num_classes"] = int(state[logits].shape[0])
+    if "aux_logits" in spec.params:
+        overrides["aux_logits"] = any(n.startswith("aux") for n in names)
+    return model, overrides
+
+
+def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source: str = "unknown") -> None:
+    """Write canonical ``tensors`` of ``spec`` to ``path`` in format ``fmt`` (atomically)."""
+    if ka.is_headless(spec) and fmt != "keras-applications":
+        raise RosettaError(f"the source holds only {spec.name}'s convolutional features (keras.applications "
+                           "include_top=False); only keras-applications can hold that")
+    if fmt == "canonical":
+        save_canonical(path, spec, tensors, framework=source)
+    elif fmt == "torchvision":
+        tv.write_torchvision(path, spec, tensors)
+    elif fmt == "keras-applications":
+        ka.write_keras_applications(path, spec, tensors)
+    elif fmt in NATIVE or fmt == "onnx":
+        framework = NATIVE.get(fmt, "torch")
+        mod = ports.load(framework)
+        net = mod.build_model(spec)
+        mod.import_weights(net, spec, tensors)
+        if fmt == "onnx":
+            ports.module(framework, "onnx").export_onnx(net, spec, path)
+        else:
+            ports.module(framework, "weights").save_native(net, spec, path)
+    else:
+        raise RosettaError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def convert(src: str, dst: str, *, model: str | None = None, src_format: str | None = None,
+            dst_format: str | None = None, sets: Mapping[str, Any] | None = None) -> tuple[Any, str, str]:
+    """Convert ``src`` to ``dst``; returns (spec, source format, target format)."""
+    fmt_in = infer_format(src, src_format, "SRC")
+    fmt_out = infer_format(dst, dst_format, "DST")
+    t0 = time.perf_counter()
+    _say(f"reading {src} ({fmt_in})")
+    spec, tensors = read(src, fmt_in, model, sets)
+    _say(f"  {spec.name}: {len(tensors)} tensors ({time.perf_counter() - t0:.1f} s); writing {dst} ({fmt_out})")
+    write(dst, fmt_out, spec, tensors, source=fmt_in)
+    _say(f"  done in {time.perf_counter() - t0:.1f} s")
+    return spec, fmt_in, fmt_out

@@ -1,0 +1,2 @@
+"""``rosetta docs``: the static site generator (``site``), its block table (``blocks.json``)
+and assets."""

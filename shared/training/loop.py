@@ -1,0 +1,129 @@
+"""The training loop behind ``rosetta train``: epochs over a dataset, progress, an atomic
+checkpoint after every epoch (``training/resume.py``), the canonical weights, a JSON log and
+the loss and accuracy curves. Framework-free: the step is the port's trainer
+(``training/trainer.py``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.canonical import save_canonical
+from ..core.errors import RosettaError
+from ..core.files import atomic_path
+from ..tools import plots
+from . import data as datasets
+from .resume import History, TrainSettings, load_checkpoint, save_checkpoint
+from .trainer import DEFAULT_LR, OptimizerConfig, Trainer, build_trainer
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "model.safetensors"
+LOG = "log.json"
+CURVES = "curves.png"
+
+
+def cross_entropy_np(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of numpy logits (float64, log-sum-exp stabilised)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def evaluate(trainer: Trainer, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
+    """(mean loss, accuracy) of the eval-mode model on ``x``."""
+    logits = np.concatenate([trainer.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return cross_entropy_np(logits, y), float((logits.argmax(axis=1) == y).mean())
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch: a function of (seed, epoch) only, so a resumed run
+    sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
+        progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> History:
+    """Train for ``settings.epochs`` (resuming from ``out``'s checkpoint if there is one),
+    with a checkpoint, the weights, the JSON log and the curves written after every epoch."""
+    out.mkdir(parents=True, exist_ok=True)
+    done, history = 0, History()
+    if (out / CHECKPOINT).exists():
+        done, history = load_checkpoint(out / CHECKPOINT, trainer, settings)
+        progress(f"resuming from {out / CHECKPOINT} after epoch {done}")
+    n = len(data.x_train)
+    steps = -(-n // settings.batch)
+    for epoch in range(done + 1, settings.epochs + 1):
+        order = epoch_order(n, settings.seed, epoch)
+        trainer.reseed(settings.seed * 100_003 + epoch)
+        rng = np.random.default_rng([settings.seed, epoch, 1])
+        t0, seen, losses = time.perf_counter(), 0, []
+        for i in range(steps):
+            idx = order[i * settings.batch:(i + 1) * settings.batch]
+            x = data.x_train[idx]
+            if settings.augment:
+                x = datasets.augment_batch(x, rng)
+            losses.append(trainer.step(x, data.y_train[idx]))
+            if not math.isfinite(losses[-1]):
+                raise RosettaError(f"the loss became {losses[-1]} at epoch {epoch}, step {i + 1}: "
+                                   "lower --lr")
+            seen += len(idx)
+            if (i + 1) % max(steps // 5, 1) == 0 or i + 1 == steps:
+                rate = seen / (time.perf_counter() - t0)
+                progress(f"epoch {epoch}/{settings.epochs} step {i + 1}/{steps} loss {np.mean(losses[-10:]):.4f} "
+                         f"{rate:.0f} images/s")
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(trainer, data.x_test, data.y_test, settings.batch)
+        history.step_loss += losses
+        history.epochs.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "test_loss": test_loss,
+                               "test_accuracy": test_acc, "seconds": seconds, "images_per_second": n / seconds})
+        progress(f"epoch {epoch}/{settings.epochs}: train loss {np.mean(losses):.4f}, test loss {test_loss:.4f}, "
+                 f"test accuracy {100 * test_acc:.2f}% ({n / seconds:.0f} images/s)")
+        _write_epoch(trainer, settings, epoch, history, out)
+    return history
+
+
+def _write_epoch(trainer: Trainer, settings: TrainSettings, epoch: int, history: History, out: Path) -> None:
+    save_checkpoint(out / CHECKPOINT, trainer, settings, epoch, history)
+    save_canonical(out / WEIGHTS, trainer.spec, trainer.export_weights(), framework=settings.framework)
+    log = {"settings": asdict(settings), "spec_overrides": dict(trainer.spec.overrides), "epochs_done": epoch,
+           **asdict(history)}
+    with atomic_path(out / LOG) as tmp:
+        tmp.write_text(json.dumps(log, indent=1))
+    plots.write_optional(plots.plot_curves, history, out / CURVES,
+                         f"{settings.model} on {settings.data} ({settings.framework}, {settings.optimizer['name']})")
+
+
+def train(model: str, framework: str, data: str, out: str | Path, *, epochs: int = 10, batch: int = 64,
+          optimizer: str = "sgd", lr: float | None = None, weight_decay: float = 5e-4, augment: bool = False,
+          seed: int = 0, overrides: dict[str, Any] | None = None,
+          progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> tuple[Any, History]:
+    """Train ``model`` in ``framework`` on ``data`` (``digits`` or an IDX directory), writing into
+    ``out``; returns (spec, history). Defaults fill in what the data decides: one input channel,
+    the smallest input size the model accepts, the data's class count."""
+    from ..core.spec import load_spec
+
+    if epochs < 1 or batch < 1:
+        raise RosettaError(f"--epochs and --batch must be at least 1 (got {epochs}, {batch})")
+    overrides = dict(overrides or {})
+    overrides.setdefault("in_channels", 1)  # digits, MNIST and Fashion-MNIST are grayscale
+    if "input_size" not in overrides:
+        overrides["input_size"] = datasets.min_input_size(model, overrides)
+    probe = load_spec(model, overrides)
+    dataset = datasets.load(data, probe.input_shape)
+    overrides.setdefault("num_classes", dataset.num_classes)
+    spec = load_spec(model, overrides)
+    opt = OptimizerConfig(optimizer, lr=lr if lr is not None else DEFAULT_LR[optimizer], weight_decay=weight_decay)
+    settings = TrainSettings(model, framework, data, epochs, batch, asdict(opt), augment, overrides, seed)
+    progress(f"{spec.name} ({'x'.join(map(str, spec.input_shape))}, {dataset.num_classes} classes) on "
+             f"{dataset.name}: {len(dataset.x_train)} train / {len(dataset.x_test)} test images, {framework}, "
+             f"{opt.name} lr {opt.lr}")
+    trainer = build_trainer(framework, spec, opt, seed=seed)
+    return spec, fit(trainer, dataset, settings, Path(out), progress)

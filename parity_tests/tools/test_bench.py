@@ -18,7 +18,7 @@ RESULT_KEYS = {"model", "framework", "impl", "config", "mode", "batch", "default
 
 @pytest.mark.skipif(not AVAILABLE, reason="no framework installed")
 def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
-    rc = cli.main(["bench", *TINY, "--out", str(tmp_path)])
+    rc = cli.main(["bench", *TINY, "--frameworks", *AVAILABLE, "--out", str(tmp_path)])
     out = capsys.readouterr()
     assert rc == 0, out.err
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -31,10 +31,14 @@ def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
         assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
         assert len(r["times_s"]) == 1 and r["images_per_s"] > 0 and r["best"]
     goals = {g["goal"] for g in report["goals"]}
-    assert {"spec >= 0.95x hand-written", "best config >= 0.70 of sgemm roof"} <= goals
+    assert {"spec >= 0.95x hand-written", "best config >= 0.70 of sgemm roof",
+            "default config >= 0.80 of sgemm roof", "default config >= 0.60 of sgemm roof"} <= goals
+    # every framework's default configuration as a fraction of the roof, inference and training
+    defaults = {(g["framework"], g["mode"]) for g in report["goals"] if g["goal"].startswith("default config")}
+    assert defaults == {(fw, mode) for fw in AVAILABLE for mode in ("infer", "train")}
     assert {(r["model"], r["mode"]) for r in report["recommendation"]} == {("vgg11", "infer"), ("vgg11", "train")}
     md = (tmp_path / "bench.md").read_text()
-    for heading in ("## Throughput", "## Goals", "## Recommendation"):
+    for heading in ("## Throughput", "## Defaults", "## Goals", "## Recommendation"):
         assert heading in md and heading in out.out
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "] vgg11 spec channels_last infer b2: " in out.err or "torch" not in AVAILABLE  # progress

@@ -287,7 +287,10 @@ class Worker:
             return ""
 
     def _died(self, doing: str) -> WorkerError:
-        rc = self.proc.poll()
+        try:
+            rc = self.proc.wait(timeout=5)  # a closed pipe: the exit follows
+        except subprocess.TimeoutExpired:
+            rc = None
         tail = self._stderr_tail()
         how = f"exited with code {rc}" if rc is not None else "closed its pipe"
         return WorkerError(f"the {self.label} worker (pid {self.pid}) {how} while {doing}"

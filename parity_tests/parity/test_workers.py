@@ -23,6 +23,7 @@ from rosetta_cnn.verification.workers import (
     WorkerError,
     WorkerPool,
     read_tensors,
+    write_random,
     write_tensors,
 )
 
@@ -97,6 +98,8 @@ def test_scratch_files_are_canonical_and_mapped_lazily(tmp_path):
     w = random_canonical(ALEXNET, 3)
     assert all(np.array_equal(w[k], v) for k, v in random_tensors(ALEXNET, 3))  # the stream is the same draw
     path = str(tmp_path / "w.safetensors")
+    write_random(path, ALEXNET, 3)  # drawn into the file
+    assert all(np.array_equal(read_tensors(path)[k], w[k]) for k in w)
     write_tensors(path, ALEXNET, random_tensors(ALEXNET, 3), framework="torch")
     _, loaded = load_canonical(path, ALEXNET)  # a canonical file any reader takes
     mapped = read_tensors(path)

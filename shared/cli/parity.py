@@ -48,9 +48,13 @@ def run_parity(args: argparse.Namespace) -> int:
                 devices = ["cpu"]
         for i, model in enumerate(models, 1):
             print(f"[{i}/{len(models)}] {model}", file=sys.stderr, flush=True)
+            t1 = time.perf_counter()
             records += model_parity(model, labels, input_size=size, devices=devices, per_layer=args.per_layer,
                                     targets=args.targets, pool=pool,
                                     progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
+            if pool.monitor is not None:
+                print(f"  {model}: {time.perf_counter() - t1:.0f} s, peak {pool.monitor.mark() / 1024:.2f} GiB resident",
+                      file=sys.stderr, flush=True)
         versions = pool.versions()
         memory = pool.close()
     seconds = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -93,16 +93,19 @@ def random_canonical(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return dict(random_tensors(spec, seed))
 
 
-def random_tensors(spec: ModelSpec, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
+def random_tensors(spec: ModelSpec, seed: int = 0,
+                   alloc: Callable[[str, tuple[int, ...]], np.ndarray] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """:func:`random_canonical` one tensor at a time (the same values, in the same order), so
-    that a caller can write each to a file and drop it."""
+    that a caller can write each to a file and drop it; ``alloc(name, shape)`` gives the
+    float32 array to draw into (e.g. a memory-mapped region of that file)."""
     rng = np.random.default_rng(seed)
     for name, shape in expected_tensors(spec).items():
         suffix = name.rsplit(".", 1)[1]
         layer = spec.layer(name.rsplit(".", 1)[0])
+        t = alloc(name, shape) if alloc else np.empty(shape, np.float32)
         if layer.op == "batch_norm" and suffix == "running_mean":
-            t = rng.standard_normal(shape, dtype=np.float32)
-            t *= 0.3
+            rng.standard_normal(dtype=np.float32, out=t)
+            t *= np.float32(0.3)
             yield name, t
             continue
         if layer.op == "batch_norm":
@@ -112,7 +115,7 @@ def random_tensors(spec: ModelSpec, seed: int = 0) -> Iterator[tuple[str, np.nda
             lo, hi = -bound, bound
         else:
             lo, hi = -0.1, 0.1
-        t = rng.random(shape, dtype=np.float32)  # U[0, 1)
+        rng.random(dtype=np.float32, out=t)  # U[0, 1)
         t *= np.float32(hi - lo)
         t += np.float32(lo)
         yield name, t

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..core import ports
-from ..core.canonical import expected_tensors, random_canonical, random_tensors
+from ..core.canonical import expected_tensors, random_canonical
 from ..core.spec import ModelSpec, load_spec
 from .tolerances import tolerance
 
@@ -159,11 +159,11 @@ class LocalRunner:
         if path is None:
             self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
             return self.mod.export_weights(self.model, self.spec)
-        from .workers import read_tensors, write_tensors
+        from .workers import read_tensors, write_random, write_tensors
 
         draw_path = f"{path}.draw"
         try:
-            write_tensors(draw_path, draw, random_tensors(draw, seed), framework="random")
+            write_random(draw_path, draw, seed)
             self.mod.import_weights(self.model, self.spec, read_tensors(draw_path))
         finally:
             if os.path.exists(draw_path):
@@ -303,8 +303,8 @@ def run_pairs(
             exports[k] = ready(k).export_random(spec, seed + 101 * (k + 1), path)
             for s in order[:pos + 1]:
                 run_on(k, s)
-            if not keep_models and pos < n - 1:
-                release(k)
+            if not keep_models:
+                release(k)  # the last one too: phase B needs only the others
         for pos, k in enumerate(order[:-1]):
             for s in order[pos + 1:]:
                 run_on(k, s)

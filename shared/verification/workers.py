@@ -60,6 +60,21 @@ class WorkerError(RosettaError):
 # weights between processes: canonical safetensors files in the scratch folder
 
 
+def _header(spec: ModelSpec, framework: str) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A canonical safetensors header for ``spec`` (8-byte length, JSON padded to 8 bytes) and
+    each tensor's byte range after it."""
+    header: dict[str, Any] = {"__metadata__": metadata_for(spec, framework)}
+    ranges, offset = {}, 0
+    for name, shape in expected_tensors(spec).items():
+        nbytes = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        ranges[name] = (offset, offset + nbytes)
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # tensors start 8-byte aligned
+    return len(blob).to_bytes(8, "little") + blob, ranges
+
+
 def write_tensors(path: str, spec: ModelSpec, tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
                   *, framework: str) -> None:
     """Write canonical tensors of ``spec`` as a canonical safetensors file, each straight from
@@ -72,19 +87,11 @@ def write_tensors(path: str, spec: ModelSpec, tensors: Mapping[str, np.ndarray] 
         items: Iterable[tuple[str, np.ndarray]] = ((n, tensors[n]) for n in expected)
     else:
         items = tensors
-    header: dict[str, Any] = {"__metadata__": metadata_for(spec, framework)}
-    offset = 0
-    for name, shape in expected.items():
-        nbytes = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # tensors start 8-byte aligned
+    head, _ = _header(spec, framework)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
+            f.write(head)
             names = iter(expected)
             for name, a in items:
                 want = next(names, None)
@@ -96,6 +103,34 @@ def write_tensors(path: str, spec: ModelSpec, tensors: Mapping[str, np.ndarray] 
             missing = next(names, None)
             if missing is not None:
                 raise RosettaError(f"{path}: tensor {missing!r} is missing")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_random(path: str, spec: ModelSpec, seed: int) -> None:
+    """``random_canonical(spec, seed)`` as a canonical file, each tensor drawn straight into its
+    memory-mapped place in the file (no copy of the draw in memory)."""
+    from ..core.canonical import random_tensors
+
+    head, ranges = _header(spec, "random")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.truncate(len(head) + max((end for _, end in ranges.values()), default=0))
+
+        def alloc(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            start, end = ranges[name]
+            if end == start:
+                return np.empty(shape, np.float32)
+            return np.memmap(tmp, dtype=np.float32, mode="r+", offset=len(head) + start, shape=shape)
+
+        for _, t in random_tensors(spec, seed, alloc):
+            if isinstance(t, np.memmap):
+                t.flush()
+            del t
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -179,10 +214,11 @@ class MemoryMonitor:
 
     def __init__(self, pids: Callable[[], list[int]], interval: float = 0.1, pss_every: int = 10):
         self.pids, self.interval, self.pss_every = pids, interval, pss_every
-        self.peak_rss_mb = self.peak_pss_mb = 0.0
+        self.peak_rss_mb = self.peak_pss_mb = self.since_mark_mb = 0.0
         self.peak_processes = 0
         self.hwm: dict[int, float] = {}
         self.names: dict[int, str] = {}
+        self.at_peak: dict[int, float] = {}  # each process's resident memory at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rosetta-memory", daemon=True)
 
@@ -192,9 +228,11 @@ class MemoryMonitor:
 
     def sample(self, pss: bool = False) -> None:
         pids = self.pids()
-        rss = sum(_status(p, ("VmRSS",)).get("VmRSS", 0.0) for p in pids)
+        each = {p: _status(p, ("VmRSS",)).get("VmRSS", 0.0) for p in pids}
+        rss = sum(each.values())
+        self.since_mark_mb = max(self.since_mark_mb, rss)
         if rss > self.peak_rss_mb:
-            self.peak_rss_mb, self.peak_processes = rss, len(pids)
+            self.peak_rss_mb, self.peak_processes, self.at_peak = rss, len(pids), each
         if pss:
             self.peak_pss_mb = max(self.peak_pss_mb, sum(_pss(p) for p in pids))
 
@@ -203,6 +241,12 @@ class MemoryMonitor:
         while not self._stop.wait(self.interval):
             self.sample(pss=n % self.pss_every == 0)
             n += 1
+
+    def mark(self) -> float:
+        """The peak resident memory (MiB, summed) since the previous mark, and a new mark."""
+        self.sample()
+        peak, self.since_mark_mb = self.since_mark_mb, 0.0
+        return peak
 
     def record_high_water_marks(self, names: Mapping[int, str] | None = None) -> None:
         """Remember every live process's ``VmHWM`` (call before workers exit); ``names`` label them."""
@@ -223,7 +267,8 @@ class MemoryMonitor:
         return {"peak_rss_mb": round(self.peak_rss_mb), "peak_pss_mb": round(self.peak_pss_mb),
                 "hwm_sum_mb": round(sum(self.hwm.values())), "processes": self.peak_processes,
                 "interval_s": self.interval,
-                "hwm_mb": {self.names.get(p, str(p)): round(v) for p, v in self.hwm.items()}}
+                "hwm_mb": {self.names.get(p, str(p)): round(v) for p, v in self.hwm.items()},
+                "at_peak_mb": {self.names.get(p, str(p)): round(v) for p, v in self.at_peak.items()}}
 
 
 def format_memory(m: Mapping[str, Any]) -> str:

@@ -57,6 +57,7 @@ def run_parity(args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
         versions = pool.versions()
         memory = pool.close()
+        timings = {label: {k: round(v, 1) for k, v in t.items()} for label, t in pool.timings().items()}
     seconds = time.perf_counter() - t0
     print(format_matrix(records))
     for r in records:
@@ -64,7 +65,7 @@ def run_parity(args: argparse.Namespace) -> int:
             print()
             print(format_layers(r))
     run = {"models": len(models), "implementations": labels, "seconds": round(seconds, 1), "memory": memory,
-           "versions": versions}
+           "versions": versions, "worker_seconds": timings}
     summary = f"{len(models)} model(s), {len(labels)} implementations ({', '.join(labels)}), {seconds:.0f} s"
     print(f"\n{summary}\n{format_memory(memory)}")
     as_json = json.dumps([r.to_json() for r in records], indent=2)

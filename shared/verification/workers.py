@@ -316,6 +316,8 @@ class Worker:
         self._deadline_start = time.monotonic() + start_timeout
         self.info: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}  # request -> seconds spent waiting for it
+        self.built = False  # whether the worker holds a model
+        self._stopping = False
         self._patches = list(patches)
 
     @property
@@ -389,6 +391,7 @@ class Worker:
     # LocalRunner's methods
     def build(self, spec: ModelSpec, seed: int = 0) -> None:
         self.call("build", spec=spec, seed=seed)
+        self.built = True
 
     def export_random(self, draw: ModelSpec, seed: int, path: str | None = None) -> str:
         if path is None:
@@ -406,8 +409,10 @@ class Worker:
         return self.call("gpu_available")
 
     def free(self) -> None:
-        if self.proc.poll() is None and self.info is not None:
+        """Drop the worker's model (nothing to do, and no request, if it holds none)."""
+        if self.built and self.proc.poll() is None:
             self.call("free")
+        self.built = False
 
     def training_run(self, spec: ModelSpec, start: Mapping[str, np.ndarray] | str,
                      batches: list[tuple[np.ndarray, np.ndarray]], opt: Any, *, keep: tuple[int, ...] = (1, 5)) -> Any:
@@ -415,11 +420,20 @@ class Worker:
         canonical tensors or a canonical file (this worker's label names the run)."""
         return self.call("training_run", spec=spec, start=start, batches=batches, opt=opt, keep=tuple(keep))
 
+    def request_stop(self) -> None:
+        """Ask the worker to exit (without waiting)."""
+        if self.proc.poll() is None and not self._stopping:
+            try:
+                self._send_conn.send(("shutdown", {}))
+            except OSError:
+                pass
+            self._stopping = True
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the worker to exit; kill it if it does not within ``timeout`` seconds."""
         if self.proc.poll() is None:
             try:
-                self._send_conn.send(("shutdown", {}))
+                self.request_stop()
                 self.proc.wait(timeout=timeout)
             except (OSError, subprocess.TimeoutExpired):
                 self.kill()
@@ -512,6 +526,8 @@ class WorkerPool:
         summary = None
         if self.monitor is not None:
             self.monitor.record_high_water_marks(self._names())
+        for w in self._workers.values():  # all at once: each takes a while to exit
+            w.request_stop()
         for w in self._workers.values():
             w.stop()
         if self.monitor is not None:
@@ -599,9 +615,14 @@ class _Server:
 
     def free(self) -> None:
         self.runner.free()
-        if ports.resolve(self.label).framework == "keras" and "keras" in sys.modules:
+        impl = ports.resolve(self.label)
+        if impl.framework == "keras" and "keras" in sys.modules:
             # Keras keeps the last model's layers reachable from its global state until cleared
             sys.modules["keras"].backend.clear_session()
+        if (impl.framework == "flax" or impl.backend == "jax") and "jax" in sys.modules:
+            # JAX's in-memory caches of traced and compiled functions (initialisers, forward
+            # passes) grow by ~100 MB a model; the persistent cache on disk keeps the compiled code
+            sys.modules["jax"].clear_caches()
 
     def training_run(self, spec: ModelSpec, start: Any, batches: Any, opt: Any, keep: tuple[int, ...]) -> Any:
         from .training import training_run
@@ -624,8 +645,10 @@ class _Server:
         return _status(os.getpid(), ("VmRSS", "VmHWM"))
 
 
-#: requests after which the worker collects garbage and trims its heap (temporaries of a whole model)
+#: requests after which the worker gives freed heap pages back (temporaries of a whole model),
+#: and those after which it also collects reference cycles (0.1-0.5 s in a TensorFlow process)
 _RETURNS_MEMORY = {"build", "export_random", "run", "target", "free", "training_run"}
+_COLLECTS = {"free", "training_run"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -652,8 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if handler is None or method.startswith("_"):
                 raise ValueError(f"unknown request {method!r}")
             result = handler(**kwargs)
-            if method in _RETURNS_MEMORY:
+            if method in _COLLECTS:
                 gc.collect()
+            if method in _RETURNS_MEMORY:
                 _trim_heap()
             send.send(("ok", result))
             del result

@@ -71,20 +71,3 @@ def grouped_conv_split_interleaved(mp, fw):
         return conv
 
     mp.setitem(fw.layers.OPS, "conv2d", broken)
-
-
-# (fault, broken framework, reference framework, model, mode, layer the report must name
-#  [, overrides on top of the model's SMALL configuration])
-CASES = [
-    (skip_flatten_permutation, "keras", "torch", "alexnet", "eval", "fc6"),
-    (skip_flatten_permutation, "flax", "torch", "googlenet", "train", "aux1_fc1"),
-    (bn_eps_framework_default, "flax", "keras", "googlenet", "eval", "conv1_bn"),
-    (bn_eps_framework_default, "keras", "torch", "vgg11_bn", "eval", "block1_conv1_bn"),
-    (drop_ceil_mode, "torch", "flax", "googlenet", "eval", "maxpool1"),
-    (lrn_alpha_not_scaled, "torch", "keras", "alexnet_paper", "eval", "lrn1"),
-    (kernel_transpose_swaps_kh_kw, "flax", "torch", "vgg11", "eval", "block1_conv1"),
-    (kernel_transpose_swaps_kh_kw, "keras", "flax", "googlenet_paper", "eval", "conv1"),
-    # alexnet at 256x256: pool5 gives 7x7 and avgpool's 7 -> 6 windows overlap
-    (adaptive_windows_off_by_one, "flax", "keras", "alexnet", "eval", "avgpool", {"input_size": 256}),
-    (grouped_conv_split_interleaved, "torch", "flax", "alexnet_paper", "eval", "conv2"),
-]

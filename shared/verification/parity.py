@@ -1,16 +1,24 @@
-"""Cross-framework forward parity: the matrix and the first-divergence report.
+"""Cross-implementation forward parity: the matrix and the first-divergence report.
 
-For one model and every ordered pair (source, target) of frameworks:
+For one model and every ordered pair (source, target) of implementations (labels of
+``core/ports.py``: torch, flax, keras/tensorflow, keras/jax, keras/torch):
 
 1. draw non-trivial random weights in the canonical layout (``random_canonical``; a
-   different draw per source), load them into the source framework and export them back
-   out of it: what is ported is the source framework's own export;
-2. import the export into the target framework (and into the source, to get its own output);
+   different draw per source), load them into the source and export them back out of it:
+   what is ported is the source's own export;
+2. import the export into the target (and into the source, to get its own output);
 3. feed the same NCHW input (each framework transposes it to its layout) and compare the
    logits, in eval mode, and in training mode with dropout 0 (BatchNorm on batch statistics,
    auxiliary heads compared too);
 4. for a pair past tolerance, run again returning every layer's activation, walk the spec's
    layers in order and name the first layer past tolerance.
+
+:func:`run_pairs` does this over *runners*: :class:`LocalRunner` runs an implementation in
+this process, ``verification/workers.py`` runs each in a long-lived process of its own (Keras
+fixes its backend at import; ``rosetta parity`` uses those). Each runner builds its model once
+per model (or, when the weights of all implementations together would not fit
+:data:`KEEP_MODELS_BYTES`, one model is alive at a time and each runner but one builds twice),
+imports each source's export once and runs eval then train on it.
 
 The frameworks are imported lazily through ``core/ports.py``.
 """

@@ -25,7 +25,7 @@ from rosetta_cnn.tools.bench import baselines
 from rosetta_cnn.training.trainer import AUX_LOSS_WEIGHT, OptimizerConfig
 
 from .model import build_model
-from .train import make_trainer, training_memory_format
+from .train import make_trainer
 
 #: extra environment per worker process variant (PyTorch needs none)
 ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}}
@@ -91,14 +91,9 @@ def configs(impl: str, mode: str, variant: str) -> list[str]:
     return ["nchw", "channels_last", "compile"] if mode == "infer" and impl == "spec" else ["nchw", "channels_last"]
 
 
-def default_config(impl: str, mode: str, spec: ModelSpec | None = None) -> str:
-    """What a user gets without asking: the project builds channels_last, libraries NCHW; the
-    project's trainer picks the memory format per model (``train.training_memory_format``)."""
-    if impl != "spec":
-        return "nchw"
-    if mode == "train" and spec is not None and training_memory_format(spec) == torch.contiguous_format:
-        return "nchw"
-    return "channels_last"
+def default_config(impl: str, mode: str) -> str:
+    """What a user gets without asking: the project builds channels_last, libraries NCHW."""
+    return "channels_last" if impl == "spec" else "nchw"
 
 
 class BasicConv(nn.Sequential):
@@ -237,8 +232,7 @@ def training(model: nn.Module, impl: str, config: str, spec: ModelSpec, x: np.nd
     hand-written loop (aux losses weighted 0.3) for the baselines."""
     opt = OptimizerConfig()
     if impl == "spec":
-        fmt = torch.contiguous_format if config == "nchw" else torch.channels_last
-        trainer = make_trainer(model, spec, opt, memory_format=fmt)
+        trainer = make_trainer(model, spec, opt)
         return lambda: trainer.step(x, y)
     model.train()
     inputs = _input(x, config, device)

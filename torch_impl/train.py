@@ -63,30 +63,13 @@ def build_optimizer(params: list[torch.nn.Parameter], opt: OptimizerConfig) -> t
     return cls(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
 
 
-def training_memory_format(spec: ModelSpec) -> torch.memory_format:
-    """The memory format the trainer runs ``spec`` in by default, by measurement (``rosetta
-    bench``, batch 8, 224x224, 2-core CPU): oneDNN's channels_last kernels win for the branchy
-    GoogLeNet (13.7 vs 10.7 images/s per training step), but a plain conv stack trains faster in
-    contiguous NCHW (VGG16 1.32 vs 1.17 images/s: channels_last's backward convolutions and
-    the reorders around them cost more than they save). Inference stays channels_last."""
-    branchy = any(layer.op == "concat" for layer in spec.layers)
-    return torch.channels_last if branchy else torch.contiguous_format
-
-
 class TorchTrainer(PackageTrainer):
-    """Trains a ``SpecModel`` in place on the CPU (see ``rosetta_cnn.training.trainer.Trainer``).
-
-    The model is put in ``memory_format`` (default: :func:`training_memory_format`) first;
-    the numbers do not depend on it beyond fp32 rounding."""
+    """Trains a ``SpecModel`` in place on the CPU (see ``rosetta_cnn.training.trainer.Trainer``)."""
 
     framework = "torch"
 
-    def __init__(self, model: SpecModel, spec: ModelSpec, opt: OptimizerConfig,
-                 memory_format: torch.memory_format | None = None):
+    def __init__(self, model: SpecModel, spec: ModelSpec, opt: OptimizerConfig):
         self.model, self.spec, self.opt = model, spec, opt
-        self.memory_format = memory_format or training_memory_format(spec)
-        model.to(memory_format=self.memory_format)  # in place: the parameters stay the same objects
-        model.channels_last = self.memory_format == torch.channels_last  # the input follows the weights
         self._params = [p for _, p in model.named_parameters()]
         self.optimizer = build_optimizer(self._params, opt)
 
@@ -134,9 +117,7 @@ class TorchTrainer(PackageTrainer):
         torch.manual_seed(seed)  # nn.Dropout draws from the global generator
 
 
-def make_trainer(model: SpecModel, spec: ModelSpec, opt: OptimizerConfig, *,
-                 memory_format: torch.memory_format | None = None) -> TorchTrainer:
-    """A trainer that updates ``model`` in place with ``opt`` (in ``memory_format``; default:
-    :func:`training_memory_format`)."""
-    return TorchTrainer(model, spec, opt, memory_format)
+def make_trainer(model: SpecModel, spec: ModelSpec, opt: OptimizerConfig) -> TorchTrainer:
+    """A trainer that updates ``model`` in place with ``opt``."""
+    return TorchTrainer(model, spec, opt)
 

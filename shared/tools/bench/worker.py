@@ -16,7 +16,6 @@ high-water mark over build and run, reset before each measurement (``/proc/self/
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import statistics
@@ -92,14 +91,6 @@ def summarize(times: list[float]) -> dict[str, float]:
             "spread": (max(times) - min(times)) / med if med else 0.0}
 
 
-def default_config(mod: Any, impl: str, mode: str, spec: Any) -> str:
-    """The port's default configuration; ``default_config(impl, mode, spec)`` where the port's
-    default depends on the model (torch's training memory format), else ``(impl, mode)``."""
-    if len(inspect.signature(mod.default_config).parameters) >= 3:
-        return mod.default_config(impl, mode, spec)
-    return mod.default_config(impl, mode)
-
-
 def measure(mod: Any, job: dict[str, Any], spec: Any, impl: str, config: str, mode: str, batch: int,
             macs: int) -> dict[str, Any]:
     """One record: build, first call, warm-up and timed calls of one (impl, config, mode, batch)."""
@@ -122,7 +113,7 @@ def measure(mod: Any, job: dict[str, Any], spec: Any, impl: str, config: str, mo
     record = {
         "kind": "result", "model": spec.name, "framework": job["framework"], "impl": impl,
         "config": config + (f"+{job['variant']}" if job["variant"] else ""), "mode": mode, "batch": batch,
-        "default": job["variant"] == "" and config == default_config(mod, impl, mode, spec),
+        "default": job["variant"] == "" and config == mod.default_config(impl, mode),
         "build_s": build_s, "first_s": first, "times_s": times, **stats,
         "images_per_s": batch / stats["median_s"], "gflops": flops / stats["median_s"] / 1e9,
         "peak_rss_mb": peak_rss_mb() if rss_reset else None,

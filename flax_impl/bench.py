@@ -7,22 +7,24 @@ below as NNX modules, from the tables in ``shared/tools/bench/baselines.py``). F
 Configurations: ``nnx_jit`` (``nnx.jit`` over the module: the NNX default; the graph of Python
 objects is traversed on every call) and ``jax_jit`` (the module split once into a graph
 definition and a state pytree, a plain ``jax.jit`` function of the state, which donates the
-parameter and optimizer buffers in training so that XLA updates them in place). Worker
-variants run both with other XLA CPU flags (XLA reads its flags once per process, hence a
+parameter and optimizer buffers in training so that XLA updates them in place).
+
+Every worker runs with the project's fast XLA CPU configuration (``core/xla.py``, set by
+``import rosetta_cnn.flax_impl``): XLA's YNNPACK fusions off. By default XLA's CPU backend
+(jaxlib 0.10) hands whole subgraphs to YNNPACK; for VGG16 it takes the entire forward pass as
+one ``ynn_fusion`` (see ``compile().as_text()``), whose convolutions run at about half the
+speed of XLA's own (Eigen) ones: 2.5 -> 5.0 images/s for VGG16 and 34 -> 45 for GoogLeNet at
+batch 8 on a 2-core CPU. Worker variants (XLA reads its flags once per process, hence a
 separate worker each):
 
-* ``no_ynn``: ``--xla_cpu_experimental_ynn_fusion_type`` with every fusion type removed. By
-  default XLA's CPU backend (jaxlib 0.10) hands whole subgraphs to YNNPACK; for VGG16 it takes
-  the entire forward pass as one ``ynn_fusion`` (see ``compile().as_text()``), whose
-  convolutions run at about half the speed of XLA's own (Eigen) ones: 2.5 -> 5.0 images/s for
-  VGG16 and 34 -> 45 for GoogLeNet at batch 8 on a 2-core CPU. The flag is experimental; a
-  jaxlib that no longer knows it aborts the worker, and the benchmark reports that variant as
-  failed and goes on;
+* ``ynn``: ``ROSETTA_XLA_FAST=0``, XLA's own default (YNNPACK fusions on): what a plain JAX
+  user gets, kept as the baseline of the fast default;
 * ``onednn``: ``--xla_cpu_use_onednn=true`` (XLA's CPU convolutions and matmuls through
-  oneDNN instead of Eigen; 4% on VGG16).
+  oneDNN instead of Eigen; 4% on VGG16), on top of the fast configuration.
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any, Callable
 
@@ -42,8 +44,7 @@ from .train import build_optimizer, cross_entropy, make_trainer
 #: extra environment per worker process variant: XLA's CPU flags are read once per process
 ENV_VARIANTS: dict[str, dict[str, str]] = {
     "": {},
-    "no_ynn": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
-                            "-dot,-eltwise,-reduce,-individual_convolution,-individual_dot"},
+    "ynn": {"ROSETTA_XLA_FAST": "0"},
     "onednn": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
 }
 
@@ -53,10 +54,12 @@ def setup(threads: int, device: str) -> dict[str, str]:
     the versions that matter."""
     import flax
 
+    from rosetta_cnn.core import xla
+
     dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
     jax.config.update("jax_default_device", dev)
     return {"jax": jax.__version__, "flax": flax.__version__, "device": str(dev.device_kind),
-            "threads": str(threads)}
+            "threads": str(threads), "fast_xla": str(xla.active()), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def sgemm(n: int, device: str) -> Callable[[], None]:
@@ -87,7 +90,9 @@ def configs(impl: str, mode: str, variant: str) -> list[str]:
 
 
 def default_config(impl: str, mode: str) -> str:
-    return "nnx_jit"
+    """What a user gets: ``runtime.forward`` is a split-once ``jax.jit`` (inference), the trainer
+    an ``nnx.jit`` step with donated buffers (training)."""
+    return "jax_jit" if mode == "infer" else "nnx_jit"
 
 
 class BasicConv(nnx.Module):

@@ -15,7 +15,8 @@ from ..conftest import AVAILABLE, needs
 def test_parity_command_writes_json_and_png(tmp_path, capsys):
     needs("torch", "keras", "flax")
     out_json, out_png = tmp_path / "parity.json", tmp_path / "parity.png"
-    rc = main(["parity", "--models", "alexnet", "--input", "64x64", "--json", str(out_json), "--png", str(out_png)])
+    rc = main(["parity", "--models", "alexnet", "--input", "64x64", "--frameworks", "torch", "keras", "flax",
+               "--json", str(out_json), "--png", str(out_png)])
     captured = capsys.readouterr()
     assert rc == 0, captured.out + captured.err
     assert "[1/1] alexnet" in captured.err  # progress

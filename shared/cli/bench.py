@@ -7,7 +7,7 @@ import os
 from ..core import ports
 from ..core.errors import RosettaError, SpecError
 from ..tools.bench.runner import DEFAULT_MODELS
-from .main import parse_input
+from .main import label_arg, label_help, parse_input
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -22,12 +22,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     usable = len(os.sched_getaffinity(0))
     if not 1 <= args.threads <= usable:
         raise RosettaError(f"--threads must be between 1 and {usable} (the CPUs this process may use)")
-    installed = ports.installed()
-    fws = args.frameworks or installed
-    missing = [f for f in fws if f not in installed]
-    if missing:
-        raise RosettaError(f"framework(s) not installed: {', '.join(missing)} "
-                           f"(install with {ports.install_hint(missing[0])})")
+    fws = list(dict.fromkeys(args.frameworks or ports.installed_implementations()))
+    for label in fws:
+        ports.require(label)  # names the extra to install
     overrides = parse_overrides(args.set)
     if args.input:
         overrides["input_size"] = list(parse_input(args.input, 2))
@@ -44,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "and recommend one")
     s.add_argument("--models", nargs="+", metavar="MODEL", default=list(DEFAULT_MODELS),
                    help=f"models to measure (default: {' '.join(DEFAULT_MODELS)})")
-    s.add_argument("--frameworks", nargs="+", choices=list(ports.FRAMEWORKS), help="default: every installed one")
+    s.add_argument("--frameworks", nargs="+", type=label_arg, metavar="LABEL",
+                   help=label_help(many=True) + f"; default: every installed one ({', '.join(ports.IMPLEMENTATIONS)})")
     s.add_argument("--batch", nargs="+", type=int, default=[8], metavar="N", help="batch sizes (default: 8)")
     s.add_argument("--input", metavar="HxW", help="input size (default: each spec's, 224x224)")
     s.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import re
+import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -48,6 +49,43 @@ def spec_from_args(model: str, sets: Sequence[str], input_chw: str | None = None
     return load_spec(model, overrides)
 
 
+def label_arg(text: str) -> str:
+    """``--framework`` / ``--frameworks``: an implementation label (``core.ports.LABELS``)."""
+    from ..core import ports
+
+    try:
+        ports.resolve(text)
+    except RosettaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def label_help(many: bool = False) -> str:
+    from ..core import ports
+
+    what = "implementations" if many else "implementation"
+    return (f"{what}: {', '.join(ports.LABELS)} ('keras' is Keras on the backend KERAS_BACKEND names, tensorflow "
+            "when unset; keras/jax and keras/torch need the extras keras-jax and keras-torch)")
+
+
+def run_as(args: argparse.Namespace, label: str) -> int | None:
+    """Prepare this process to run ``label`` (``core.ports.activate``: KERAS_BACKEND set before
+    Keras is imported) and return None; if Keras is already loaded here on another backend,
+    run the same command in a fresh process with the label's environment and return its
+    exit code."""
+    from ..core import ports
+
+    try:
+        ports.activate(label)
+        return None
+    except ports.BackendMismatch:
+        argv = getattr(args, "argv", None)
+        if argv is None:
+            raise
+        env = {**os.environ, **ports.resolve(label).env()}
+        return subprocess.call([sys.executable, "-m", "rosetta_cnn.cli.main", *argv], env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rosetta", description="AlexNet, VGG and GoogLeNet in PyTorch, Keras and "
                                 "Flax from one spec, with cross-framework parity checks.")
@@ -61,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # keep TensorFlow's C++ start-up banners (CPU features, XLA service) out of the tables
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (RosettaError, ImportError) as e:

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core import ports
 from ..training.trainer import OPTIMIZERS
+from .main import label_arg, label_help, run_as
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..core.spec import parse_overrides
     from ..training.loop import CURVES, LOG, WEIGHTS, train
 
+    elsewhere = run_as(args, args.framework)
+    if elsewhere is not None:
+        return elsewhere
     spec, history = train(args.model, args.framework, args.data, args.out, epochs=args.epochs, batch=args.batch,
                           optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,
                           seed=args.seed, overrides=parse_overrides(args.set))
@@ -28,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "IDX files. Writes OUT/checkpoint.safetensors (resumed automatically), "
                        "OUT/model.safetensors, OUT/log.json and OUT/curves.png after every epoch.")
     s.add_argument("model")
-    s.add_argument("--framework", required=True, choices=list(ports.FRAMEWORKS))
+    s.add_argument("--framework", required=True, type=label_arg, metavar="LABEL", help=label_help())
     s.add_argument("--data", required=True, metavar="digits|PATH",
                    help="'digits' or a directory with train-/t10k- images and labels IDX files (.gz or not)")
     s.add_argument("--epochs", type=int, default=10, metavar="N")

@@ -6,13 +6,16 @@ import argparse
 from ..core import ports
 from ..core.errors import RosettaError
 from ..formats.convert import FORMATS
-from .main import spec_from_args
+from .main import label_arg, label_help, run_as, spec_from_args
 
 
 def run_init(args: argparse.Namespace) -> int:
     from ..core.canonical import random_canonical
 
     spec = spec_from_args(args.model, args.set)
+    elsewhere = run_as(args, args.framework)
+    if elsewhere is not None:
+        return elsewhere
     mod = ports.load(args.framework)
     model = mod.build_model(spec, seed=args.seed)
     # non-trivial BatchNorm statistics (and weights) so a later parity check means something
@@ -45,6 +48,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if x.shape[1:] != spec.input_shape:
         raise RosettaError(f"--input has shape {x.shape[1:]} ({args.layout}: as NCHW), model {spec.name} expects "
                            f"{spec.input_shape}")
+    elsewhere = run_as(args, args.framework)
+    if elsewhere is not None:
+        return elsewhere
     mod = ports.load(args.framework)
     model = mod.build_model(spec)
     mod.import_weights(model, spec, tensors)
@@ -66,16 +72,31 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..core.spec import parse_overrides
     from ..formats.convert import convert
 
-    spec, fmt_in, fmt_out = convert(args.src, args.dst, model=args.model, src_format=getattr(args, "from"),
-                                    dst_format=args.to, sets=parse_overrides(args.set))
+    src_format, dst_format = getattr(args, "from"), args.to
+    backends = {fmt for fmt in (src_format, dst_format) if fmt in KERAS_LABELS}
+    if len(backends) > 1:
+        raise RosettaError(f"--from {src_format} and --to {dst_format}: one process runs Keras on one backend; "
+                           "convert through a canonical .safetensors file in two steps")
+    if backends:
+        elsewhere = run_as(args, backends.pop())
+        if elsewhere is not None:
+            return elsewhere
+    src_format = "keras" if src_format in KERAS_LABELS else src_format
+    dst_format = "keras" if dst_format in KERAS_LABELS else dst_format
+    spec, fmt_in, fmt_out = convert(args.src, args.dst, model=args.model, src_format=src_format,
+                                    dst_format=dst_format, sets=parse_overrides(args.set))
     print(f"wrote {args.dst}: {spec.name} ({fmt_in} -> {fmt_out})")
     return 0
+
+
+#: ``--from`` / ``--to`` may name the Keras port's own format under a given backend
+KERAS_LABELS = tuple(label for label in ports.LABELS if label.startswith("keras/"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("init", help="build a model and write its canonical weights")
     s.add_argument("model")
-    s.add_argument("--framework", required=True, choices=list(ports.FRAMEWORKS))
+    s.add_argument("--framework", required=True, type=label_arg, metavar="LABEL", help=label_help())
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--set", action="append", default=[], metavar="key=value")
     s.add_argument("--out", required=True, metavar="FILE.safetensors")
@@ -84,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("predict", help="eval-mode logits of canonical weights in one framework")
     s.add_argument("--model", required=True)
     s.add_argument("--weights", required=True, metavar="FILE.safetensors")
-    s.add_argument("--framework", required=True, choices=list(ports.FRAMEWORKS))
+    s.add_argument("--framework", required=True, type=label_arg, metavar="LABEL", help=label_help())
     s.add_argument("--input", required=True, metavar="X.npy")
     s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw")
     s.add_argument("--tta", action="store_true",
@@ -100,8 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
     s.add_argument("--model", metavar="M", help="the model (needed for the ports' own formats)")
-    s.add_argument("--from", choices=list(FORMATS), metavar="FORMAT", help="format of SRC")
-    s.add_argument("--to", choices=list(FORMATS), metavar="FORMAT", help="format of DST")
+    s.add_argument("--from", choices=[*FORMATS, *KERAS_LABELS], metavar="FORMAT",
+                   help="format of SRC (keras/tensorflow, keras/jax, keras/torch: the Keras port's own format read "
+                        "under that backend)")
+    s.add_argument("--to", choices=[*FORMATS, *KERAS_LABELS], metavar="FORMAT",
+                   help="format of DST (keras/BACKEND: the Keras port's own format written under that backend)")
     s.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="spec override the file cannot hold, e.g. transform_input=true")
     s.set_defaults(func=run_convert)

@@ -47,24 +47,49 @@ def flatten_permutation(chw: CHW) -> np.ndarray:
     return np.transpose(np.arange(c * h * w).reshape(c, h, w), (1, 2, 0)).ravel()
 
 
+#: rows per block of the blocked 2-D transposes below: a block of 64 rows of a 25088-wide
+#: matrix fits the CPU caches, so the transposed writes stay cached (VGG's fc6 kernel:
+#: 0.27 s instead of 0.96 s for numpy's one-pass transpose copy)
+_BLOCK = 64
+
+
+def _transposed(w: np.ndarray) -> np.ndarray:
+    """``w.T`` as a new C-contiguous float32 array, copied in row blocks."""
+    rows, cols = w.shape
+    out = np.empty((cols, rows), np.float32)
+    for r in range(0, rows, _BLOCK):
+        out[:, r:r + _BLOCK] = w[r:r + _BLOCK].T
+    return out
+
+
 def linear_kernel_to_io(w: np.ndarray, flattened_chw: CHW | None) -> np.ndarray:
     """Canonical ``[out, in]`` -> ``[in, out]``; the inputs reordered (C,H,W) -> (H,W,C) when the
-    layer reads a flattened ``flattened_chw`` map (:func:`flatten_inputs`)."""
-    if flattened_chw is not None:
-        # [out, in (C,H,W order)] -> [out, in (H,W,C order)]
-        w = w[:, flatten_permutation(flattened_chw)]
-    # [out, in] -> [in, out]
-    return np.ascontiguousarray(np.transpose(w), dtype=np.float32)
+    layer reads a flattened ``flattened_chw`` map (:func:`flatten_inputs`). The same result as
+    ``w[:, flatten_permutation(chw)].T``, computed in blocks of output rows."""
+    w = np.asarray(w, dtype=np.float32)
+    n_out, n_in = w.shape
+    out = np.empty((n_in, n_out), np.float32)
+    for r in range(0, n_out, _BLOCK):
+        block = w[r:r + _BLOCK]
+        if flattened_chw is not None:
+            c, h, wd = flattened_chw
+            # [b, in (C,H,W order)] -> [b, in (H,W,C order)]
+            block = block.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(block.shape[0], n_in)
+        # [out, in] -> [in, out]
+        out[:, r:r + _BLOCK] = block.T
+    return out
 
 
 def linear_kernel_from_io(w: np.ndarray, flattened_chw: CHW | None) -> np.ndarray:
     """``[in, out]`` -> canonical ``[out, in]`` (the inverse of :func:`linear_kernel_to_io`)."""
     # [in, out] -> [out, in]
-    w = np.transpose(w)
+    out = _transposed(np.asarray(w, dtype=np.float32))
     if flattened_chw is not None:
-        # [out, in (H,W,C order)] -> [out, in (C,H,W order)]
-        w = w[:, np.argsort(flatten_permutation(flattened_chw))]
-    return np.ascontiguousarray(w, dtype=np.float32)
+        c, h, wd = flattened_chw
+        for r in range(0, out.shape[0], 16):
+            # [b, in (H,W,C order)] -> [b, in (C,H,W order)], 16 rows at a time, in place
+            out[r:r + 16] = out[r:r + 16].reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(-1, c * h * wd).copy()
+    return out
 
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:

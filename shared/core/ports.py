@@ -33,6 +33,15 @@ with the same public names, so a reader can open the same file in each and compa
 Besides the three ports, :data:`TARGETS` lists runtimes that only run a model one port
 exported (ONNX Runtime, fed by the PyTorch port's ONNX export): parity targets, never sources.
 
+Implementations and their labels: an *implementation* is a port running in a process, and
+the Keras port runs on any of Keras 3's backends (fixed when ``keras`` is first imported), so
+:data:`IMPLEMENTATIONS` are ``torch``, ``flax``, ``keras/tensorflow``, ``keras/jax`` and
+``keras/torch``. :data:`LABELS` adds ``keras``: Keras on the backend ``KERAS_BACKEND`` names
+(TensorFlow when unset). :func:`resolve` turns a label into its :class:`Implementation`
+(port, Keras backend, the environment its process needs), :func:`installed_implementations`
+lists what this machine has, and :func:`activate` prepares the current process for a label
+(or says it cannot: :class:`BackendMismatch`, when Keras is already loaded on another backend).
+
 Importing this module imports no framework: :func:`installed` looks for packages without
 importing them, :func:`load` imports a port on demand.
 """
@@ -41,9 +50,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 import tempfile
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Mapping
+
+from .errors import RosettaError
 
 #: framework -> its port's package
 FRAMEWORKS: dict[str, str] = {"torch": "rosetta_cnn.torch_impl", "keras": "rosetta_cnn.keras_impl",
@@ -80,8 +93,122 @@ TARGETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 }
 
 
+#: Keras 3 backends -> the package each needs besides ``keras``
+KERAS_BACKENDS: dict[str, str] = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+#: the Keras backend of the label ``keras`` when ``KERAS_BACKEND`` is unset
+DEFAULT_KERAS_BACKEND = "tensorflow"
+#: every implementation: a port, and for Keras the backend, one process each
+IMPLEMENTATIONS: tuple[str, ...] = ("torch", "flax", "keras/tensorflow", "keras/jax", "keras/torch")
+#: what ``--framework`` / ``--frameworks`` accept: the implementations and ``keras`` ($KERAS_BACKEND)
+LABELS: tuple[str, ...] = ("torch", "flax", "keras", "keras/tensorflow", "keras/jax", "keras/torch")
+#: implementation -> the extra that installs it
+IMPLEMENTATION_EXTRAS: dict[str, str] = {"torch": "torch", "flax": "flax", "keras/tensorflow": "keras",
+                                         "keras/jax": "keras-jax", "keras/torch": "keras-torch"}
+
+
+class BackendMismatch(RosettaError):
+    """This process already runs Keras on another backend than the label asks for (the
+    backend is fixed when ``keras`` is imported): run the label in a fresh process."""
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """What a label means: the port, the Keras backend, and the process it needs."""
+
+    label: str  # as given: "keras", "keras/jax", "torch", ...
+    framework: str  # the port: torch, keras, flax
+    backend: str | None  # the Keras backend (None for torch and flax)
+
+    @property
+    def name(self) -> str:
+        """The implementation (``keras`` resolved to ``keras/<backend>``)."""
+        return f"keras/{self.backend}" if self.backend else self.framework
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Top-level packages this implementation imports."""
+        return ("keras", KERAS_BACKENDS[self.backend]) if self.backend else REQUIRES[self.framework]
+
+    @property
+    def extra(self) -> str:
+        return IMPLEMENTATION_EXTRAS[self.name]
+
+    def env(self) -> dict[str, str]:
+        """Environment variables a process for this implementation must start with."""
+        return {"KERAS_BACKEND": self.backend} if self.backend else {}
+
+    def installed(self) -> bool:
+        """Whether its packages are installed (found, not imported)."""
+        return all(importlib.util.find_spec(p) is not None for p in self.packages)
+
+
+def _valid_labels() -> str:
+    extras = ", ".join(f"{name} [{extra}]" for name, extra in IMPLEMENTATION_EXTRAS.items())
+    return f"valid labels: {', '.join(LABELS)} (each installs with pip install 'rosetta-cnn[EXTRA]': {extras})"
+
+
+def resolve(label: str) -> Implementation:
+    """The implementation a label names; ``keras`` is Keras on ``$KERAS_BACKEND`` (TensorFlow
+    when unset). Raises :class:`RosettaError` naming the valid labels for anything else."""
+    if label in FRAMEWORKS and label != "keras":
+        return Implementation(label, label, None)
+    if label == "keras":
+        backend = os.environ.get("KERAS_BACKEND") or DEFAULT_KERAS_BACKEND
+        if backend not in KERAS_BACKENDS:
+            raise RosettaError(f"label 'keras' means Keras on KERAS_BACKEND={backend!r}, which this project does "
+                               f"not support (Keras backends: {', '.join(KERAS_BACKENDS)}); {_valid_labels()}")
+        return Implementation(label, "keras", backend)
+    framework, _, backend = label.partition("/")
+    if framework == "keras" and backend in KERAS_BACKENDS:
+        return Implementation(label, "keras", backend)
+    raise RosettaError(f"unknown implementation {label!r}; {_valid_labels()}")
+
+
+def require(label: str) -> Implementation:
+    """:func:`resolve`, and a clear error naming the extra to install if its packages are missing."""
+    impl = resolve(label)
+    missing = [p for p in impl.packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise RosettaError(f"implementation {impl.name} needs {', '.join(missing)}, which is not installed; "
+                           f"install it with: pip install 'rosetta-cnn[{impl.extra}]'")
+    return impl
+
+
+def installed_implementations() -> list[str]:
+    """The implementations (:data:`IMPLEMENTATIONS`) whose packages are installed, found without
+    importing anything (``keras/jax`` needs keras and jax, ``keras/torch`` keras and torch)."""
+    return [name for name in IMPLEMENTATIONS if resolve(name).installed()]
+
+
+def keras_backend_loaded() -> str | None:
+    """The backend of the Keras already imported in this process, or None if it is not."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return None
+    try:
+        return keras.backend.backend()
+    except AttributeError:  # keras is being imported right now
+        return os.environ.get("KERAS_BACKEND") or DEFAULT_KERAS_BACKEND
+
+
+def activate(label: str) -> Implementation:
+    """Prepare this process to run ``label``: for a Keras label, set ``KERAS_BACKEND`` before
+    Keras is imported. Raises :class:`BackendMismatch` if Keras is already loaded on another
+    backend (the caller then runs the label in a fresh process with ``resolve(label).env()``)."""
+    impl = require(label)
+    if impl.backend:
+        loaded = keras_backend_loaded()
+        if loaded is None:
+            os.environ["KERAS_BACKEND"] = impl.backend
+        elif loaded != impl.backend:
+            raise BackendMismatch(f"{impl.name}: this process already runs Keras on {loaded}; the backend is fixed "
+                                  f"when Keras is imported, so {impl.name} needs a process of its own")
+    return impl
+
+
 def install_hint(framework: str) -> str:
-    return f"pip install 'rosetta-cnn[{EXTRAS[framework]}]'"
+    extra = EXTRAS.get(framework) or IMPLEMENTATION_EXTRAS.get(framework, framework)
+    return f"pip install 'rosetta-cnn[{extra}]'"
 
 
 def installed() -> list[str]:
@@ -91,9 +218,17 @@ def installed() -> list[str]:
 
 
 def load(framework: str) -> ModuleType:
-    """Import a framework's port by its short name (torch, keras, flax)."""
+    """Import a port by its framework (torch, keras, flax) or implementation label
+    (``keras/jax`` sets ``KERAS_BACKEND`` first; :class:`BackendMismatch` if Keras is already
+    loaded on another backend)."""
     if framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+        try:
+            impl = resolve(framework)
+        except RosettaError:
+            raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)} "
+                             f"(or an implementation label: {', '.join(LABELS)})") from None
+        activate(framework)
+        framework = impl.framework
     try:
         return importlib.import_module(FRAMEWORKS[framework])
     except ImportError as e:
@@ -102,9 +237,10 @@ def load(framework: str) -> ModuleType:
 
 
 def module(framework: str, name: str) -> ModuleType:
-    """One module of a port (``module("flax", "train")`` is ``rosetta_cnn.flax_impl.train``)."""
-    load(framework)
-    return importlib.import_module(f"{FRAMEWORKS[framework]}.{name}")
+    """One module of a port (``module("flax", "train")`` is ``rosetta_cnn.flax_impl.train``);
+    ``framework`` may be an implementation label."""
+    package = load(framework)
+    return importlib.import_module(f"{package.__name__}.{name}")
 
 
 def available() -> list[str]:

@@ -116,7 +116,7 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
         ax.barh(range(len(rs)), [r["images_per_s"] for r in rs],
                 xerr=[[r["images_per_s"] - batch / r["max_s"] for r in rs],
                       [batch / r["min_s"] - r["images_per_s"] for r in rs]],
-                color=[colors.get(r["framework"], "grey") for r in rs],
+                color=[colors.get(r["framework"].split("/")[0], "grey") for r in rs],
                 alpha=0.9, capsize=2)
         ax.set_yticks(range(len(rs)), labels, fontsize=7)
         if rs and rs[0]["roof_fraction"]:

@@ -1,22 +1,31 @@
-"""Cross-framework forward parity: the matrix and the first-divergence report.
+"""Cross-implementation forward parity: the matrix and the first-divergence report.
 
-For one model and every ordered pair (source, target) of frameworks:
+For one model and every ordered pair (source, target) of implementations (labels of
+``core/ports.py``: torch, flax, keras/tensorflow, keras/jax, keras/torch):
 
 1. draw non-trivial random weights in the canonical layout (``random_canonical``; a
-   different draw per source), load them into the source framework and export them back
-   out of it: what is ported is the source framework's own export;
-2. import the export into the target framework (and into the source, to get its own output);
+   different draw per source), load them into the source and export them back out of it:
+   what is ported is the source's own export;
+2. import the export into the target (and into the source, to get its own output);
 3. feed the same NCHW input (each framework transposes it to its layout) and compare the
    logits, in eval mode, and in training mode with dropout 0 (BatchNorm on batch statistics,
    auxiliary heads compared too);
 4. for a pair past tolerance, run again returning every layer's activation, walk the spec's
    layers in order and name the first layer past tolerance.
 
+:func:`run_pairs` does this over *runners*: :class:`LocalRunner` runs an implementation in
+this process, ``verification/workers.py`` runs each in a long-lived process of its own (Keras
+fixes its backend at import; ``rosetta parity`` uses those). Each runner builds its model once
+per model (or, when the weights of all implementations together would not fit
+:data:`KEEP_MODELS_BYTES`, one model is alive at a time and each runner but one builds twice),
+imports each source's export once and runs eval then train on it.
+
 The frameworks are imported lazily through ``core/ports.py``.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -24,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..core import ports
-from ..core.canonical import random_canonical
+from ..core.canonical import expected_tensors, random_canonical
 from ..core.spec import ModelSpec, load_spec
 from .tolerances import tolerance
 
@@ -131,6 +140,246 @@ def make_input(spec: ModelSpec, batch: int, seed: int) -> np.ndarray:
     return rng.standard_normal((batch, *spec.input_shape)).astype(np.float32)
 
 
+class LocalRunner:
+    """One implementation run in this process: the model of the current spec is built once and
+    reused for every pair (weights change by import), and freed before the next model.
+
+    :class:`rosetta_cnn.verification.workers.Worker` has the same methods and runs them in a
+    process of the implementation's own; :func:`run_pairs` works with either.
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.mod = ports.load(label)
+        self.spec: ModelSpec | None = None
+        self.model: Any = None
+        self._dirty = False  # a training-mode forward moved the BatchNorm statistics
+        self._holds: str | None = None  # the canonical file whose tensors the model holds exactly
+
+    def build(self, spec: ModelSpec, seed: int = 0) -> None:
+        """Build ``spec`` (the previous model is freed first)."""
+        self.free()
+        self.spec, self.model = spec, self.mod.build_model(spec, seed=seed)
+        self._dirty, self._holds = False, None
+
+    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None) -> Any:
+        """Import ``random_canonical(draw, seed)`` and export it back out: the tensors this
+        implementation ports (written to ``path`` as a canonical file when given; the draw then
+        goes through a file too, one tensor at a time, so that it never sits in memory whole)."""
+        if path is None:
+            self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
+            return self.mod.export_weights(self.model, self.spec)
+        from .workers import read_tensors, write_random, write_tensors
+
+        draw_path = f"{path}.draw"
+        try:
+            write_random(draw_path, draw, seed)
+            self.mod.import_weights(self.model, self.spec, read_tensors(draw_path))
+            self._dirty, self._holds = False, None
+            write_tensors(path, self.spec, self.mod.export_weights(self.model, self.spec), framework=self.label)
+            drawn, exported = read_tensors(draw_path), read_tensors(path)
+            if all(np.array_equal(drawn[name], exported[name]) for name in drawn):
+                # the export gave back the draw bit for bit: the model holds exactly what
+                # importing the export would give it, so the first run need not import it again
+                self._holds = path
+        finally:
+            if os.path.exists(draw_path):
+                os.remove(draw_path)
+        return path
+
+    def _load(self, weights: Any) -> None:
+        from .workers import read_tensors
+
+        self._holds = None
+        self.mod.import_weights(self.model, self.spec, read_tensors(weights) if isinstance(weights, str) else weights)
+        self._holds = weights if isinstance(weights, str) else None
+        self._dirty = False
+
+    def run(self, weights: Any, x: np.ndarray, modes: Sequence[str], device: str = "cpu",
+            activations: bool = False) -> dict[str, dict[str, np.ndarray]]:
+        """Import ``weights`` once and run ``x`` in each mode: mode -> outputs (``forward``'s
+        dict). The weights are imported again before a mode that follows a training-mode run
+        (which moved the BatchNorm running statistics)."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        if self._dirty or not (isinstance(weights, str) and weights == self._holds):
+            self._load(weights)
+        for mode in modes:
+            if self._dirty:
+                self._load(weights)
+            out[mode] = self.mod.forward(self.model, x, train=(mode == "train"), activations=activations,
+                                         device=device)
+            self._dirty = mode == "train"
+        return out
+
+    def target(self, target: str, spec: ModelSpec, weights: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Eval-mode outputs of a target runtime (``core.ports.TARGETS``) for ``weights`` of ``spec``."""
+        if isinstance(weights, str):
+            from .workers import read_tensors
+
+            weights = read_tensors(weights)
+        return ports.target_forward(target, spec, weights, x)
+
+    def gpu_available(self) -> bool:
+        return bool(self.mod.gpu_available())
+
+    def free(self) -> None:
+        """Drop the model and give its memory back to the system."""
+        if self.model is None:
+            return
+        self.model = self.spec = None
+        import gc
+
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc keeps them otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def build_order(labels: Sequence[str]) -> list[int]:
+    """The order in which :func:`run_pairs` visits the runners when it keeps one model at a
+    time: the last one is never rebuilt, so the JAX-based implementations (whose initialisers
+    are the slowest to compile and run on a CPU) go last."""
+    def cost(i: int) -> int:
+        impl = ports.resolve(labels[i])
+        return 2 if impl.framework == "flax" else 1 if impl.backend == "jax" else 0
+    return sorted(range(len(labels)), key=lambda i: (cost(i), i))
+
+
+def run_pairs(
+    spec: ModelSpec,
+    runners: Sequence[Any],
+    *,
+    specs: Sequence[ModelSpec] | None = None,
+    modes: Sequence[str] = ("eval", "train"),
+    devices: Sequence[str] = ("cpu",),
+    seed: int = 0,
+    batch: int = 2,
+    per_layer: bool = False,
+    targets: Sequence[str] = (),
+    target_runner: Callable[[str], Any] | None = None,
+    scratch: str | None = None,
+    keep_models: bool = True,
+    progress: Progress | None = None,
+) -> list[Record]:
+    """Parity records of one model for every ordered pair of ``runners`` (each a
+    :class:`LocalRunner` or a worker process with the same methods; ``specs`` their own specs).
+
+    Each source's random draw (``seed + 101 * (its index + 1)``) is imported into the source and
+    exported back out (to a canonical file in ``scratch`` when given, so that workers read it);
+    every runner imports each export once and runs eval then train on it. With
+    ``keep_models`` every runner builds its model once and keeps it; without, only one model
+    is alive at a time: runner k (in :func:`build_order`) builds, exports, runs the exports that
+    exist and frees its model, then each runner but the last builds once more for the exports
+    that came after it. A pair past tolerance is re-run layer by layer for the first-divergence
+    report (``per_layer``: every pair, from the first runs). Records come in the order device,
+    mode, source, target (indices of ``runners``); then the ``targets`` (``target_runner(name)``
+    runs them) and the cpu-vs-gpu records.
+    """
+    say = progress or (lambda msg: None)
+    specs = list(specs or [spec] * len(runners))
+    labels = [r.label for r in runners]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"each implementation may appear once, got {labels}")
+    modes, devices = list(modes), list(devices)
+    n = len(runners)
+    x = make_input(spec, batch, seed)
+    t0 = time.perf_counter()
+    built: set[int] = set()
+
+    def ready(i: int) -> Any:
+        if i not in built:
+            runners[i].build(specs[i], seed)
+            built.add(i)
+        return runners[i]
+
+    def release(i: int) -> None:
+        if i in built:
+            runners[i].free()
+            built.discard(i)
+
+    exports: dict[int, Any] = {}
+    outs: dict[tuple[int, int], dict[str, dict[str, dict[str, np.ndarray]]]] = {}  # (runner, source) -> device -> mode
+
+    def run_on(i: int, k: int) -> None:
+        say(f"{spec.name}: {labels[i]} runs {labels[k]}'s export" if i != k else f"{spec.name}: {labels[i]} runs its own export")
+        outs[i, k] = {device: ready(i).run(exports[k], x, modes, device, per_layer) for device in devices}
+
+    order = build_order(labels)
+    try:
+        for pos, k in enumerate(order):
+            say(f"{spec.name}: {labels[k]} exports its random draw")
+            path = os.path.join(scratch, f"{spec.name}-{k}.safetensors") if scratch else None
+            exports[k] = ready(k).export_random(spec, seed + 101 * (k + 1), path)
+            for s in order[:pos + 1]:
+                run_on(k, s)
+            if not keep_models:
+                release(k)  # the last one too: phase B needs only the others
+        for pos, k in enumerate(order[:-1]):
+            for s in order[pos + 1:]:
+                run_on(k, s)
+            if not keep_models:
+                release(k)
+
+        records: list[tuple[tuple, Record]] = []
+        for d, device in enumerate(devices):
+            for m, mode in enumerate(modes):
+                tol = tolerance(device, mode).rel
+                for k in range(n):
+                    ref_out = outs[k, k][device][mode]
+                    for j in range(n):
+                        if j == k:
+                            continue
+                        got_out = outs[j, k][device][mode]
+                        rec = _record(spec, labels[k], labels[j], mode, device, tol, ref_out, got_out)
+                        if per_layer or not rec.passed:
+                            ref = ref_out if per_layer else ready(k).run(exports[k], x, [mode], device, True)[mode]
+                            got = got_out if per_layer else ready(j).run(exports[k], x, [mode], device, True)[mode]
+                            rec.layers, rec.first_divergence = layer_report(spec, ref, got, tol)
+                        records.append(((0, d, m, k, j), rec))
+                        say(f"{spec.name}: {labels[k]:>5} -> {labels[j]:<5} {mode:<5} {device}: max_rel "
+                            f"{rec.max_rel:.2e} {'ok' if rec.passed else 'FAIL at ' + str(rec.first_divergence)}")
+        if targets and "cpu" in devices and "eval" in modes:
+            tol = tolerance("cpu", "eval").rel
+            for k in range(n):
+                for t, tgt in enumerate(targets):
+                    runner = target_runner(tgt) if target_runner else runners[k]
+                    got = runner.target(tgt, spec, exports[k], x)
+                    rec = _record(spec, labels[k], tgt, "eval", "cpu", tol, outs[k, k]["cpu"]["eval"], got)
+                    records.append(((1, k, t), rec))
+                    say(f"{spec.name}: {labels[k]:>5} -> {tgt:<5} eval  cpu: max_rel {rec.max_rel:.2e} "
+                        f"{'ok' if rec.passed else 'FAIL'}")
+        if "cpu" in devices and "gpu" in devices:
+            for m, mode in enumerate(modes):
+                tol = tolerance("cpu-vs-gpu", mode).rel
+                for k in range(n):
+                    records.append(((2, m, k), _record(spec, labels[k], labels[k], mode, "cpu-vs-gpu", tol,
+                                                       outs[k, k]["cpu"][mode], outs[k, k]["gpu"][mode])))
+    finally:
+        for i in list(built):
+            release(i)
+        for w in exports.values():
+            if isinstance(w, str) and os.path.exists(w):
+                os.remove(w)
+    out = [rec for _, rec in sorted(records, key=lambda kr: kr[0])]
+    elapsed = time.perf_counter() - t0
+    for r in out:
+        r.seconds = elapsed / max(len(out), 1)
+    return out
+
+
+#: :func:`model_parity` with workers keeps every implementation's model alive while all of
+#: them together hold at most this many bytes of weights, else one model at a time
+KEEP_MODELS_BYTES = 1 << 30
+
+
 def model_parity(
     model: str | ModelSpec,
     frameworks: Sequence[str],
@@ -144,8 +393,9 @@ def model_parity(
     specs: Mapping[str, ModelSpec] | None = None,
     targets: Sequence[str] = (),
     progress: Progress | None = None,
+    pool: Any = None,
 ) -> list[Record]:
-    """Parity records for every ordered pair of ``frameworks`` on one model.
+    """Parity records for every ordered pair of ``frameworks`` (implementation labels) on one model.
 
     ``targets`` (``core.ports.TARGETS``, e.g. ``onnx``) add, in eval mode on the CPU,
     one record per framework: that framework's export, exported again to the target's format
@@ -153,68 +403,35 @@ def model_parity(
 
     ``specs`` may give a framework its own spec (the mutation tests use it to build a port
     with a deliberate fault); by default every framework builds the same spec.
+
+    Without ``pool`` every implementation runs in this process (so a Keras label must match
+    the backend Keras runs on here); with a :class:`~rosetta_cnn.verification.workers.WorkerPool`
+    each runs in its worker process, and the models are freed when the model is done.
     """
     spec = model if isinstance(model, ModelSpec) else parity_spec(model, input_size)
     say = progress or (lambda msg: None)
-    modules = {f: ports.load(f) for f in frameworks}
-    fw_specs = {f: (specs or {}).get(f, spec) for f in frameworks}
-    devices = list(devices)
-    modes = list(modes)
-
-    t0 = time.perf_counter()
     say(f"{spec.name}: building {', '.join(frameworks)}")
-    models = {f: modules[f].build_model(fw_specs[f], seed=seed) for f in frameworks}
-    x = make_input(spec, batch, seed)
+    if pool is None:
+        runners = [LocalRunner(f) for f in frameworks]
+        local: dict[str, LocalRunner] = {}
 
-    # each source exports its own copy of a different random draw
-    exported: dict[str, dict[str, np.ndarray]] = {}
-    for k, src in enumerate(frameworks):
-        modules[src].import_weights(models[src], fw_specs[src], random_canonical(spec, seed + 101 * (k + 1)))
-        exported[src] = modules[src].export_weights(models[src], fw_specs[src])
-
-    def run(f: str, weights: Mapping[str, np.ndarray], mode: str, device: str, acts: bool) -> dict[str, np.ndarray]:
-        # re-import before every run: a training-mode forward updates BatchNorm statistics
-        modules[f].import_weights(models[f], fw_specs[f], weights)
-        return modules[f].forward(models[f], x, train=(mode == "train"), activations=acts, device=device)
-
-    records: list[Record] = []
-    for device in devices:
-        for mode in modes:
-            tol = tolerance(device, mode).rel
-            for src in frameworks:
-                outs = {f: run(f, exported[src], mode, device, per_layer) for f in frameworks}
-                for dst in frameworks:
-                    if dst == src:
-                        continue
-                    rec = _record(spec, src, dst, mode, device, tol, outs[src], outs[dst])
-                    if per_layer or not rec.passed:
-                        ref = outs[src] if per_layer else run(src, exported[src], mode, device, True)
-                        got = outs[dst] if per_layer else run(dst, exported[src], mode, device, True)
-                        rec.layers, rec.first_divergence = layer_report(spec, ref, got, tol)
-                    records.append(rec)
-                    say(f"{spec.name}: {src:>5} -> {dst:<5} {mode:<5} {device}: max_rel {rec.max_rel:.2e} "
-                        f"{'ok' if rec.passed else 'FAIL at ' + str(rec.first_divergence)}")
-    if targets and "cpu" in devices and "eval" in modes:
-        tol = tolerance("cpu", "eval").rel
-        for src in frameworks:
-            ref = run(src, exported[src], "eval", "cpu", False)
-            for tgt in targets:
-                got = ports.target_forward(tgt, spec, exported[src], x)
-                rec = _record(spec, src, tgt, "eval", "cpu", tol, ref, got)
-                records.append(rec)
-                say(f"{spec.name}: {src:>5} -> {tgt:<5} eval  cpu: max_rel {rec.max_rel:.2e} "
-                    f"{'ok' if rec.passed else 'FAIL'}")
-    if "cpu" in devices and "gpu" in devices:
-        for mode in modes:
-            tol = tolerance("cpu-vs-gpu", mode).rel
-            for f in frameworks:
-                cpu = run(f, exported[f], mode, "cpu", False)
-                gpu = run(f, exported[f], mode, "gpu", False)
-                records.append(_record(spec, f, f, mode, "cpu-vs-gpu", tol, cpu, gpu))
-    elapsed = time.perf_counter() - t0
-    for r in records:
-        r.seconds = elapsed / max(len(records), 1)
-    return records
+        def target_runner(name: str) -> LocalRunner:
+            framework = ports.TARGETS[name][0]
+            same = next((r for r in runners if ports.resolve(r.label).framework == framework), None)
+            return same or local.setdefault(framework, LocalRunner(framework))
+        scratch = None
+    else:
+        runners = [pool.runner(f) for f in frameworks]
+        target_runner, scratch = pool.target_runner, pool.scratch
+    weight_bytes = 4 * sum(math.prod(shape) for shape in expected_tensors(spec).values())
+    keep = pool is None or len(frameworks) * weight_bytes <= KEEP_MODELS_BYTES
+    try:
+        return run_pairs(spec, runners, specs=[(specs or {}).get(f, spec) for f in frameworks], modes=list(modes),
+                         devices=list(devices), seed=seed, batch=batch, per_layer=per_layer, targets=targets,
+                         target_runner=target_runner, scratch=scratch, keep_models=keep, progress=progress)
+    finally:
+        for r in runners:
+            r.free()
 
 
 def _record(spec: ModelSpec, src: str, dst: str, mode: str, device: str, tol: float,
@@ -232,18 +449,21 @@ def _record(spec: ModelSpec, src: str, dst: str, mode: str, device: str, tol: fl
     return Record(spec.name, src, dst, mode, device, worst_abs, worst_rel, tol, worst_rel <= tol, per)
 
 
-def gpu_frameworks(frameworks: Sequence[str]) -> list[str]:
-    """The frameworks among ``frameworks`` that see a CUDA GPU."""
+def gpu_frameworks(frameworks: Sequence[str], pool: Any = None) -> list[str]:
+    """The frameworks among ``frameworks`` that see a CUDA GPU (asked in their workers with ``pool``)."""
+    if pool is not None:
+        return [f for f in frameworks if pool.runner(f).gpu_available()]
     return [f for f in frameworks if ports.load(f).gpu_available()]
 
 
 def format_matrix(records: Sequence[Record]) -> str:
     """Model x (pair, mode, device) table of max relative differences with pass/fail."""
-    lines = [f"{'model':<16} {'source':>6} -> {'target':<6} {'mode':<5} {'device':<10} "
+    w = max([6] + [len(r.source) for r in records] + [len(r.target) for r in records])
+    lines = [f"{'model':<16} {'source':>{w}} -> {'target':<{w}} {'mode':<5} {'device':<10} "
              f"{'max_abs':>9} {'max_rel':>9} {'tol':>7}  result"]
     for r in records:
         res = "pass" if r.passed else f"FAIL (first divergence: {r.first_divergence})"
-        lines.append(f"{r.model:<16} {r.source:>6} -> {r.target:<6} {r.mode:<5} {r.device:<10} "
+        lines.append(f"{r.model:<16} {r.source:>{w}} -> {r.target:<{w}} {r.mode:<5} {r.device:<10} "
                      f"{r.max_abs:9.2e} {r.max_rel:9.2e} {r.tolerance:7.0e}  {res}")
     n_fail = sum(not r.passed for r in records)
     lines.append(f"{len(records) - n_fail} passed, {n_fail} failed")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ...core import ports
 from ...core.files import atomic_path
 from .. import plots
 from .report import build_report, format_report, mb
@@ -72,9 +73,11 @@ def run_bench(models: Sequence[dict[str, Any]], frameworks: Sequence[str], out: 
 
 
 def _worker(job: dict[str, Any], env_extra: dict[str, str], records: list[dict[str, Any]]) -> str | None:
-    """Run one worker process, streaming its records into ``records``; an error message or None."""
-    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": str(job["threads"]),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    """Run one worker process, streaming its records into ``records``; an error message or None.
+    ``job["framework"]`` is an implementation label: its environment (``KERAS_BACKEND``) is set
+    here. JAX's persistent compilation cache is off, so that first calls measure compilation."""
+    env = {**os.environ, "ROSETTA_JAX_CACHE": "0", **ports.resolve(job["framework"]).env(), **env_extra,
+           "OMP_NUM_THREADS": str(job["threads"]), "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     cpus = sorted(os.sched_getaffinity(0))[:job["threads"]]
     proc = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env,

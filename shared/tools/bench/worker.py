@@ -126,7 +126,7 @@ def measure(mod: Any, job: dict[str, Any], spec: Any, impl: str, config: str, mo
 
 def run(job: dict[str, Any]) -> None:
     """Run a whole job, emitting records (errors of one measurement are records too)."""
-    fw = job["framework"]
+    fw = job["framework"]  # an implementation label; the runner set its environment
     if job["device"] == "gpu" and not ports.load(fw).gpu_available():
         raise RosettaError(f"--device gpu: {fw} sees no GPU on this machine")
     mod = ports.module(fw, "bench")

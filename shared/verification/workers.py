@@ -1,0 +1,690 @@
+"""One long-lived process per implementation, for parity runs across frameworks and Keras backends.
+
+Keras fixes its backend when it is first imported, and three frameworks in one process hold
+every framework's runtime, thread pools and caches at once (the single-process
+``rosetta parity`` peaked at 12.5 GB). So each implementation label (``core/ports.py``) gets a
+:class:`Worker`: ``python -m rosetta_cnn.verification.workers LABEL FD_IN FD_OUT``, started
+with the label's environment (``KERAS_BACKEND``; for JAX the fast XLA flags,
+``core/xla.py``). The parent sends requests over a pipe and the worker answers them one at a
+time with :class:`~rosetta_cnn.verification.parity.LocalRunner`'s methods (build a model once,
+export a random draw, import a canonical file and run eval and train, free the model), so
+:func:`~rosetta_cnn.verification.parity.run_pairs` runs the same pairs in-process or across
+workers. Weights travel as canonical safetensors files in a scratch folder
+(:func:`write_tensors` / :func:`read_tensors`: no fsync, no extra copy, read by memory map);
+outputs come back pickled over the pipe (between this project's own processes only).
+
+Workers fail loudly: a worker that dies fails the request at once with the tail of its
+stderr; every wait has a timeout; :class:`WorkerPool` shuts them down (and kills what does not
+stop) on exit. :class:`MemoryMonitor` samples the resident memory of the whole process tree.
+:meth:`Worker.training_run` runs ``verification.training.training_run`` in the worker and
+returns its ``TrainingRun``, so training-step parity can span Keras backends too.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..core import ports, xla
+from ..core.canonical import check_tensors, expected_tensors, metadata_for
+from ..core.errors import RosettaError
+from ..core.spec import ModelSpec
+
+MODULE = "rosetta_cnn.verification.workers"
+#: seconds a worker may take to import its framework, and to answer one request
+START_TIMEOUT = 600.0
+REQUEST_TIMEOUT = 1800.0
+#: ROSETTA_WORKER_TRACE=1 prints every request's duration to stderr
+TRACE = os.environ.get("ROSETTA_WORKER_TRACE", "") not in ("", "0")
+#: seconds a worker gets to exit after ``shutdown`` before it is killed
+STOP_TIMEOUT = 30.0
+
+
+class WorkerError(RosettaError):
+    """A worker failed a request, died, or did not answer in time."""
+
+
+# ---------------------------------------------------------------------------
+# weights between processes: canonical safetensors files in the scratch folder
+
+
+def _header(spec: ModelSpec, framework: str) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A canonical safetensors header for ``spec`` (8-byte length, JSON padded to 8 bytes) and
+    each tensor's byte range after it."""
+    header: dict[str, Any] = {"__metadata__": metadata_for(spec, framework)}
+    ranges, offset = {}, 0
+    for name, shape in expected_tensors(spec).items():
+        nbytes = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        ranges[name] = (offset, offset + nbytes)
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # tensors start 8-byte aligned
+    return len(blob).to_bytes(8, "little") + blob, ranges
+
+
+def write_tensors(path: str, spec: ModelSpec, tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+                  *, framework: str) -> None:
+    """Write canonical tensors of ``spec`` as a canonical safetensors file, each straight from
+    its array's memory (no serialised copy, no fsync: a scratch file, renamed into place when
+    complete). ``tensors`` is a mapping (checked first), or ``(name, array)`` pairs in
+    ``expected_tensors`` order, each checked as it comes and dropped once written."""
+    expected = expected_tensors(spec)
+    if isinstance(tensors, Mapping):
+        check_tensors(spec, tensors, source="tensors to write")
+        items: Iterable[tuple[str, np.ndarray]] = ((n, tensors[n]) for n in expected)
+    else:
+        items = tensors
+    head, _ = _header(spec, framework)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            names = iter(expected)
+            for name, a in items:
+                want = next(names, None)
+                a = np.ascontiguousarray(a, dtype=np.float32)
+                if name != want or a.shape != expected[name]:
+                    raise RosettaError(f"{path}: got tensor {name!r} {a.shape}, expected {want!r} "
+                                       f"{expected.get(want) if want else '(no more tensors)'}")
+                f.write(memoryview(a.reshape(-1)).cast("B"))
+            missing = next(names, None)
+            if missing is not None:
+                raise RosettaError(f"{path}: tensor {missing!r} is missing")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_random(path: str, spec: ModelSpec, seed: int) -> None:
+    """``random_canonical(spec, seed)`` as a canonical file, each tensor drawn straight into its
+    memory-mapped place in the file (no copy of the draw in memory)."""
+    from ..core.canonical import random_tensors
+
+    head, ranges = _header(spec, "random")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.truncate(len(head) + max((end for _, end in ranges.values()), default=0))
+
+        def alloc(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            start, end = ranges[name]
+            if end == start:
+                return np.empty(shape, np.float32)
+            return np.memmap(tmp, dtype=np.float32, mode="r+", offset=len(head) + start, shape=shape)
+
+        for _, t in random_tensors(spec, seed, alloc):
+            if isinstance(t, np.memmap):
+                t.flush()
+            del t
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class MappedTensors(Mapping[str, np.ndarray]):
+    """The tensors of a :func:`write_tensors` file, each mapped from the file when it is looked
+    up (a copy-on-write ``np.memmap`` of its own): checking names and shapes reads nothing, and
+    a tensor's pages leave the process once the import has converted it and dropped it."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        self.path, self._base = path, 8 + n
+        self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        for name, entry in self._entries.items():
+            if entry["dtype"] != "F32":
+                raise RosettaError(f"{path}: tensor {name!r} is {entry['dtype']}, scratch files hold F32 only")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        entry = self._entries[name]
+        start, end = entry["data_offsets"]
+        if end == start:
+            return np.zeros(entry["shape"], np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="c", offset=self._base + start, shape=tuple(entry["shape"]))
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def read_tensors(path: str) -> MappedTensors:
+    """The tensors of a :func:`write_tensors` file (:class:`MappedTensors`: nothing is read up front)."""
+    return MappedTensors(path)
+
+
+# ---------------------------------------------------------------------------
+# memory of a process tree
+
+
+def _status(pid: int, keys: Sequence[str]) -> dict[str, float]:
+    """``/proc/<pid>/status`` fields in MiB (missing process: empty)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in keys:
+                    out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _pss(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class MemoryMonitor:
+    """Samples the resident memory of a set of processes (``pids()``, this one and its workers)
+    every ``interval`` seconds in a thread, and keeps the peaks of the sums:
+
+    ``peak_rss_mb``: resident set (``VmRSS``) summed over the processes, sampled every
+    ``interval``: pages of a shared library count once per process that maps it, so this
+    overstates physical memory; ``peak_pss_mb``: proportional set size (shared pages split among
+    the processes sharing them), sampled every ``pss_every`` intervals; ``hwm_sum_mb`` (set
+    by :meth:`record_high_water_marks`): each process's own peak (``VmHWM``) summed, an upper
+    bound that no sampling can miss.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.1, pss_every: int = 10):
+        self.pids, self.interval, self.pss_every = pids, interval, pss_every
+        self.peak_rss_mb = self.peak_pss_mb = self.since_mark_mb = 0.0
+        self.peak_processes = 0
+        self.hwm: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self.at_peak: dict[int, float] = {}  # each process's resident memory at the peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rosetta-memory", daemon=True)
+
+    def start(self) -> "MemoryMonitor":
+        self._thread.start()
+        return self
+
+    def sample(self, pss: bool = False) -> None:
+        pids = self.pids()
+        each = {p: _status(p, ("VmRSS",)).get("VmRSS", 0.0) for p in pids}
+        rss = sum(each.values())
+        self.since_mark_mb = max(self.since_mark_mb, rss)
+        if rss > self.peak_rss_mb:
+            self.peak_rss_mb, self.peak_processes, self.at_peak = rss, len(pids), each
+        if pss:
+            self.peak_pss_mb = max(self.peak_pss_mb, sum(_pss(p) for p in pids))
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.wait(self.interval):
+            self.sample(pss=n % self.pss_every == 0)
+            n += 1
+
+    def mark(self) -> float:
+        """The peak resident memory (MiB, summed) since the previous mark, and a new mark."""
+        self.sample()
+        peak, self.since_mark_mb = self.since_mark_mb, 0.0
+        return peak
+
+    def record_high_water_marks(self, names: Mapping[int, str] | None = None) -> None:
+        """Remember every live process's ``VmHWM`` (call before workers exit); ``names`` label them."""
+        for p in self.pids():
+            hwm = _status(p, ("VmHWM",)).get("VmHWM")
+            if hwm is not None:
+                self.hwm[p] = max(self.hwm.get(p, 0.0), hwm)
+                self.names[p] = (names or {}).get(p, self.names.get(p, str(p)))
+
+    def stop(self) -> dict[str, Any]:
+        self.sample(pss=True)
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        return {"peak_rss_mb": round(self.peak_rss_mb), "peak_pss_mb": round(self.peak_pss_mb),
+                "hwm_sum_mb": round(sum(self.hwm.values())), "processes": self.peak_processes,
+                "interval_s": self.interval,
+                "hwm_mb": {self.names.get(p, str(p)): round(v) for p, v in self.hwm.items()},
+                "at_peak_mb": {self.names.get(p, str(p)): round(v) for p, v in self.at_peak.items()}}
+
+
+def format_memory(m: Mapping[str, Any]) -> str:
+    """One line for a :meth:`MemoryMonitor.summary`."""
+    gib = lambda v: f"{v / 1024:.2f} GiB"  # noqa: E731
+    return (f"peak memory of the process tree: {gib(m['peak_rss_mb'])} resident (VmRSS summed over "
+            f"{m['processes']} processes, sampled every {m['interval_s']:g} s), {gib(m['peak_pss_mb'])} proportional "
+            f"(PSS: shared library pages split), upper bound {gib(m['hwm_sum_mb'])} (each process's own peak, summed)")
+
+
+# ---------------------------------------------------------------------------
+# the parent's side
+
+
+class Worker:
+    """One implementation's process; the methods of
+    :class:`~rosetta_cnn.verification.parity.LocalRunner`, run there."""
+
+    def __init__(self, label: str, *, log_dir: str, start_timeout: float = START_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT, patches: Sequence[str] = ()):
+        impl = ports.require(label)
+        self.label, self.implementation = label, impl.name
+        self.request_timeout = request_timeout
+        env = {**os.environ, **impl.env(), "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        if impl.framework == "flax" or impl.backend == "jax":
+            env.update(xla.fast_env(env))
+            env.update(xla.cache_env(env))
+        if impl.backend == "tensorflow":
+            # TensorFlow's oneDNN build pools freed CPU memory and never returns it (a worker that
+            # had run VGG19 would hold its 1.5 GB for the rest of the run); the system allocator does
+            env.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+        self.log_path = os.path.join(log_dir, f"{label.replace('/', '-')}.log")
+        self._log = open(self.log_path, "wb")
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", MODULE, label, str(child_in), str(child_out)],
+                                         pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        self._send_conn = Connection(parent_out, readable=False)
+        self._recv_conn = Connection(parent_in, writable=False)
+        self._deadline_start = time.monotonic() + start_timeout
+        self.info: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}  # request -> seconds spent waiting for it
+        self.built = False  # whether the worker holds a model
+        self._stopping = False
+        self._patches = list(patches)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _stderr_tail(self, chars: int = 4000) -> str:
+        try:
+            self._log.flush()
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - chars))
+                return f.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _died(self, doing: str) -> WorkerError:
+        try:
+            rc = self.proc.wait(timeout=5)  # a closed pipe: the exit follows
+        except subprocess.TimeoutExpired:
+            rc = None
+        tail = self._stderr_tail()
+        how = f"exited with code {rc}" if rc is not None else "closed its pipe"
+        return WorkerError(f"the {self.label} worker (pid {self.pid}) {how} while {doing}"
+                           + (f"; its output ends:\n{tail}" if tail else "; it wrote nothing"))
+
+    def _receive(self, doing: str, deadline: float) -> Any:
+        while True:
+            try:
+                if self._recv_conn.poll(0.2):
+                    return self._recv_conn.recv()
+            except (EOFError, OSError):
+                raise self._died(doing) from None
+            if self.proc.poll() is not None:
+                raise self._died(doing)
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerError(f"the {self.label} worker (pid {self.pid}) did not finish {doing} in time; "
+                                  f"killed it. Its output ends:\n{self._stderr_tail()}")
+
+    def ready(self) -> dict[str, Any]:
+        """Wait until the worker has imported its port; its versions and pid."""
+        if self.info is None:
+            t0 = time.perf_counter()
+            status, payload = self._receive("starting", self._deadline_start)
+            self.timings["start"] = time.perf_counter() - t0
+            if status != "ready":
+                raise WorkerError(f"the {self.label} worker could not start: {payload}")
+            self.info = payload
+            if self._patches:
+                self.call("patch", refs=self._patches)
+        return self.info
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        """Run ``method(**kwargs)`` in the worker and return its result (its exception as a WorkerError)."""
+        self.ready()
+        doing = f"{method} ({kwargs['spec'].name})" if isinstance(kwargs.get("spec"), ModelSpec) else method
+        try:
+            self._send_conn.send((method, kwargs))
+        except OSError:
+            raise self._died(doing) from None
+        t0 = time.perf_counter()
+        status, payload = self._receive(doing, time.monotonic() + self.request_timeout)
+        seconds = time.perf_counter() - t0
+        self.timings[method] = self.timings.get(method, 0.0) + seconds
+        if TRACE:
+            print(f"    [{self.label}] {doing}: {seconds:.2f} s", file=sys.stderr, flush=True)
+        if status == "error":
+            raise WorkerError(f"{self.label}: {method} failed: {payload}")
+        return payload
+
+    # LocalRunner's methods
+    def build(self, spec: ModelSpec, seed: int = 0) -> None:
+        self.call("build", spec=spec, seed=seed)
+        self.built = True
+
+    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None) -> str:
+        if path is None:
+            raise ValueError("a worker exports to a file: give path")
+        return self.call("export_random", draw=draw, seed=seed, path=path)
+
+    def run(self, weights: str, x: np.ndarray, modes: Sequence[str], device: str = "cpu",
+            activations: bool = False) -> dict[str, dict[str, np.ndarray]]:
+        return self.call("run", weights=weights, x=x, modes=list(modes), device=device, activations=activations)
+
+    def target(self, target: str, spec: ModelSpec, weights: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.call("target", target=target, spec=spec, weights=weights, x=x)
+
+    def gpu_available(self) -> bool:
+        return self.call("gpu_available")
+
+    def free(self) -> None:
+        """Drop the worker's model (nothing to do, and no request, if it holds none)."""
+        if self.built and self.proc.poll() is None:
+            self.call("free")
+        self.built = False
+
+    def training_run(self, spec: ModelSpec, start: Mapping[str, np.ndarray] | str,
+                     batches: list[tuple[np.ndarray, np.ndarray]], opt: Any, *, keep: tuple[int, ...] = (1, 5)) -> Any:
+        """``verification.training.training_run`` of this worker's implementation; ``start`` is
+        canonical tensors or a canonical file (this worker's label names the run)."""
+        return self.call("training_run", spec=spec, start=start, batches=batches, opt=opt, keep=tuple(keep))
+
+    def request_stop(self) -> None:
+        """Ask the worker to exit (without waiting)."""
+        if self.proc.poll() is None and not self._stopping:
+            try:
+                self._send_conn.send(("shutdown", {}))
+            except OSError:
+                pass
+            self._stopping = True
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout`` seconds."""
+        if self.proc.poll() is None:
+            try:
+                self.request_stop()
+                self.proc.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+        self._close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _close(self) -> None:
+        for c in (self._send_conn, self._recv_conn):
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._log.close()
+
+
+class WorkerPool:
+    """Workers by label (started on first use, or all at once from ``labels`` so that their
+    start-ups overlap), a scratch folder for the weight files, and a :class:`MemoryMonitor`
+    over this process and the workers. A context manager: on exit every worker is stopped
+    (killed after a timeout) and the scratch folder removed."""
+
+    def __init__(self, labels: Sequence[str] = (), *, monitor: bool = True, start_timeout: float = START_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT, patches: Mapping[str, Sequence[str]] | None = None):
+        for label in labels:
+            ports.require(label)  # a clear error before anything starts
+        self.scratch = tempfile.mkdtemp(prefix="rosetta-workers-")
+        self._workers: dict[str, Worker] = {}
+        self._options = dict(start_timeout=start_timeout, request_timeout=request_timeout)
+        self._patches = dict(patches or {})
+        self._closed, self._summary = False, None
+        self.monitor = MemoryMonitor(self.pids).start() if monitor else None
+        try:
+            for label in labels:
+                self.runner(label)
+        except BaseException:
+            self.close()
+            raise
+
+    def pids(self) -> list[int]:
+        return [os.getpid()] + [w.pid for w in list(self._workers.values()) if w.proc.poll() is None]
+
+    def runner(self, label: str) -> Worker:
+        """The worker of ``label`` (started now if it is not running)."""
+        if label not in self._workers:
+            self._workers[label] = Worker(label, log_dir=self.scratch, patches=self._patches.get(label, ()),
+                                          **self._options)
+        return self._workers[label]
+
+    def target_runner(self, target: str) -> Worker:
+        """A worker of the framework that exports for ``target`` (``core.ports.TARGETS``)."""
+        framework = ports.TARGETS[target][0]
+        for label, w in self._workers.items():
+            if ports.resolve(label).framework == framework:
+                return w
+        return self.runner(framework)
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Seconds each worker's requests took, by request (waiting included)."""
+        return {label: dict(w.timings) for label, w in self._workers.items()}
+
+    def versions(self) -> dict[str, dict[str, str]]:
+        return {label: w.ready()["versions"] for label, w in self._workers.items()}
+
+    def free_all(self) -> None:
+        for w in self._workers.values():
+            w.free()
+
+    def _names(self) -> dict[int, str]:
+        return {os.getpid(): "parent", **{w.pid: label for label, w in self._workers.items()}}
+
+    def memory(self) -> dict[str, Any] | None:
+        """The monitor's figures so far (with every live process's high-water mark)."""
+        if self.monitor is None:
+            return None
+        self.monitor.record_high_water_marks(self._names())
+        return self.monitor.summary()
+
+    def close(self) -> dict[str, Any] | None:
+        """Stop every worker and the monitor; the memory figures."""
+        if self._closed:
+            return self._summary
+        self._closed = True
+        summary = None
+        if self.monitor is not None:
+            self.monitor.record_high_water_marks(self._names())
+        for w in self._workers.values():  # all at once: each takes a while to exit
+            w.request_stop()
+        for w in self._workers.values():
+            w.stop()
+        if self.monitor is not None:
+            summary = self.monitor.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self._summary = summary
+        return summary
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------
+# the worker's side
+
+
+class _Patcher:
+    """The two ``pytest.MonkeyPatch`` methods the seeded-fault functions use, with undo."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def setattr(self, obj: Any, name: str, value: Any) -> None:
+        old = getattr(obj, name)
+        self._undo.append(lambda: setattr(obj, name, old))
+        setattr(obj, name, value)
+
+    def setitem(self, mapping: Any, key: Any, value: Any) -> None:
+        missing = key not in mapping
+        old = mapping.get(key)
+        self._undo.append(lambda: mapping.pop(key) if missing else mapping.__setitem__(key, old))
+        mapping[key] = value
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+class _Server:
+    """What a worker answers: LocalRunner's methods, and training runs, patches, memory."""
+
+    def __init__(self, label: str):
+        from .parity import LocalRunner
+
+        self.label = label
+        self.runner = LocalRunner(label)
+        self.patcher = _Patcher()
+
+    def info(self) -> dict[str, Any]:
+        impl = ports.resolve(self.label)
+        jax_based = impl.framework == "flax" or impl.backend == "jax"
+        versions = {}
+        for package in (*impl.packages, "jaxlib") if jax_based else impl.packages:
+            module = sys.modules.get(package)
+            version = getattr(module, "__version__", None) if module else None
+            if version is None:
+                from importlib import metadata
+
+                try:
+                    version = metadata.version(package)
+                except metadata.PackageNotFoundError:
+                    continue
+            versions[package] = str(version)
+        if jax_based:
+            versions["fast_xla"] = str(xla.active())
+        return {"label": self.label, "implementation": impl.name, "pid": os.getpid(), "versions": versions}
+
+    def build(self, spec: ModelSpec, seed: int) -> None:
+        self.runner.build(spec, seed)
+
+    def export_random(self, draw: ModelSpec, seed: int, path: str) -> str:
+        return self.runner.export_random(draw, seed, path)
+
+    def run(self, **kwargs: Any) -> Any:
+        return self.runner.run(**kwargs)
+
+    def target(self, **kwargs: Any) -> Any:
+        return self.runner.target(**kwargs)
+
+    def gpu_available(self) -> bool:
+        return self.runner.gpu_available()
+
+    def free(self) -> None:
+        self.runner.free()
+        impl = ports.resolve(self.label)
+        if impl.framework == "keras" and "keras" in sys.modules:
+            # Keras keeps the last model's layers reachable from its global state until cleared
+            sys.modules["keras"].backend.clear_session()
+        if (impl.framework == "flax" or impl.backend == "jax") and "jax" in sys.modules:
+            # JAX's in-memory caches of traced and compiled functions (initialisers, forward
+            # passes) grow by ~100 MB a model; the persistent cache on disk keeps the compiled code
+            sys.modules["jax"].clear_caches()
+
+    def training_run(self, spec: ModelSpec, start: Any, batches: Any, opt: Any, keep: tuple[int, ...]) -> Any:
+        from .training import training_run
+
+        tensors = read_tensors(start) if isinstance(start, str) else start
+        return training_run(self.label, spec, tensors, batches, opt, keep=keep)
+
+    def patch(self, refs: Sequence[str]) -> None:
+        """Apply seeded faults: each ``"module:function"`` is called as ``function(patcher, port)``."""
+        import importlib
+
+        for ref in refs:
+            module_name, name = ref.split(":")
+            getattr(importlib.import_module(module_name), name)(self.patcher, self.runner.mod)
+
+    def unpatch(self) -> None:
+        self.patcher.undo()
+
+    def memory(self) -> dict[str, float]:
+        return _status(os.getpid(), ("VmRSS", "VmHWM"))
+
+
+#: requests after which the worker gives freed heap pages back (temporaries of a whole model),
+#: and those after which it also collects reference cycles (0.1-0.5 s in a TensorFlow process)
+_RETURNS_MEMORY = {"build", "export_random", "run", "target", "free", "training_run"}
+_COLLECTS = {"free", "training_run"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .parity import _trim_heap
+
+    label, fd_in, fd_out = (argv if argv is not None else sys.argv[1:])[:3]
+    receive = Connection(int(fd_in), writable=False)
+    send = Connection(int(fd_out), readable=False)
+    try:
+        server = _Server(label)
+        send.send(("ready", server.info()))
+    except Exception as e:
+        send.send(("error", f"{type(e).__name__}: {e}"))
+        return 1
+    while True:
+        try:
+            method, kwargs = receive.recv()
+        except (EOFError, OSError):
+            return 0  # the parent is gone
+        if method == "shutdown":
+            return 0
+        try:
+            handler = getattr(server, method, None)
+            if handler is None or method.startswith("_"):
+                raise ValueError(f"unknown request {method!r}")
+            result = handler(**kwargs)
+            if method in _COLLECTS:
+                gc.collect()
+            if method in _RETURNS_MEMORY:
+                _trim_heap()
+            send.send(("ok", result))
+            del result
+        except Exception as e:
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            send.send(("error", f"{type(e).__name__}: {e}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,13 +66,13 @@ def strict_precision() -> None:
 
 def _device(device: str) -> contextlib.AbstractContextManager:
     if device == "cpu":
-        return keras.device("cpu:0")
+        return keras.device("cpu")
     if device == "gpu":
         if not gpu_available():
             raise RuntimeError(f"device='gpu' was requested but the Keras backend ({keras.backend.backend()}) "
                                "sees no GPU")
         strict_precision()
-        return keras.device("gpu:0")
+        return keras.device("gpu")
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 
 

@@ -307,3 +307,18 @@ def test_parity_suite_covers_every_keras_case():
     assert sum("test_training_step_parity" in i for i in ids) == 4 * len(test_train_parity.FAMILIES)
     assert sum("test_training_checks_catch" in i for i in ids) == 3
     assert sum("test_seeded_fault" in i for i in ids) == sum(c[1] == "keras" for c in test_mutations.CASES)
+
+
+def test_extras_install_each_backend():
+    """``keras-jax`` and ``keras-torch`` install Keras without TensorFlow; CI's ``all-cpu`` has all three."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def packages(extra: str) -> set[str]:
+        return {req.split(">")[0].split("=")[0].split("[")[0].strip() for req in extras[extra]}
+
+    assert {"keras", "jax", "jaxlib"} <= packages("keras-jax") and {"keras", "torch"} <= packages("keras-torch")
+    assert not {"tensorflow", "tensorflow-cpu"} & (packages("keras-jax") | packages("keras-torch"))
+    for extra in ("keras-cpu", "keras-jax", "keras-torch"):
+        assert extra in extras["all-cpu"][0], extra
+    assert "keras," in extras["all"][0] and "keras-jax" in extras["all"][0] and "keras-torch" in extras["all"][0]

@@ -1,14 +1,21 @@
-"""The Keras 3 (TensorFlow backend) side of ``rosetta bench`` (run inside ``rosetta_cnn.tools.bench.worker``).
+"""The Keras 3 side of ``rosetta bench`` (run inside ``rosetta_cnn.tools.bench.worker``), on the
+Keras backend of the worker process (``KERAS_BACKEND``: TensorFlow, JAX or PyTorch).
 
-Implementations measured: ``spec`` (this package's ``build_model``; training in the ``graph``
-configuration through ``keras_impl.train``, a ``tf.function`` step), ``plain`` (VGG / GoogLeNet written by hand
+Implementations measured: ``spec`` (this package's ``build_model``; inference in the default
+configuration through ``runtime.compiled``, the function ``forward`` runs, and training in
+every configuration through ``keras_impl.train``), ``plain`` (VGG / GoogLeNet written by hand
 below with the functional API, from the tables in ``shared/tools/bench/baselines.py``) and
 ``keras.applications`` (``VGG16`` / ``VGG19`` with ``weights=None``, for those two specs).
 
-Configurations: ``graph`` (``model.compile(jit_compile=False)``: a ``tf.function`` running
-TensorFlow's oneDNN kernels) and ``xla`` (``jit_compile=True``). Keras' own default
-(``jit_compile="auto"``) is ``graph`` on a CPU-only machine and ``xla`` with a GPU. Steps are
-Keras' ``predict_on_batch`` and ``train_on_batch``.
+Configurations per backend (``CONFIGS``; the other implementations compile with
+``model.compile(jit_compile=...)`` and step with ``predict_on_batch`` / ``train_on_batch``):
+
+* TensorFlow: ``graph`` (a ``tf.function`` running TensorFlow's oneDNN kernels; Keras'
+  ``jit_compile="auto"`` on a CPU-only machine) and ``xla`` (``jit_compile=True``);
+* JAX: ``jit`` (Keras always jit-compiles its JAX steps; eager JAX dispatches op by op), also
+  in a ``no_ynn`` worker (``ENV_VARIANTS``: XLA's YNNPACK fusions off, as for Flax);
+* PyTorch: ``eager`` (Keras' default on this backend) and ``compile`` (``jit_compile=True``,
+  which is ``torch.compile``).
 """
 from __future__ import annotations
 
@@ -17,7 +24,6 @@ from typing import Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from rosetta_cnn.core.spec import ModelSpec
@@ -26,50 +32,99 @@ from rosetta_cnn.training.trainer import AUX_LOSS_WEIGHT, OptimizerConfig
 
 from . import layout
 from .model import build_model
-from .train import make_trainer
+from .runtime import compiled, gpu_available
+from .train import COMPILATIONS, make_trainer
 
-#: extra environment per worker process variant (TensorFlow needs none: oneDNN is on by default)
-ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}}
+BACKEND = keras.backend.backend()
+#: XLA's CPU flags without the YNNPACK fusions (see flax_impl/bench.py and docs/benchmarks.md):
+#: the same compiler runs Keras' JAX steps
+NO_YNN = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
+                       "-dot,-eltwise,-reduce,-individual_convolution,-individual_dot"}
+#: extra environment per worker process variant (XLA reads its flags once per process)
+ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}, **({"no_ynn": NO_YNN} if BACKEND == "jax" else {})}
+#: backend -> configurations, in order; the trainer's ``COMPILATIONS`` name the same steps
+CONFIGS: dict[str, tuple[str, ...]] = {"tensorflow": ("graph", "xla"), "jax": ("jit",), "torch": ("eager", "compile")}
+#: backend -> the configuration ``runtime.forward`` runs (inference)
+FORWARD_CONFIG = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
 
 APPLICATIONS = {"vgg16": "VGG16", "vgg19": "VGG19"}
 
 
 def setup(threads: int, device: str) -> dict[str, str]:
-    """Pin TensorFlow's thread pools; return the versions that matter."""
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    versions = {"keras": keras.__version__, "tensorflow": tf.__version__, "backend": keras.backend.backend(),
-                "threads": str(threads)}
-    if device == "gpu":
-        versions["gpu"] = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get(
-            "device_name", "GPU")
+    """Pin the backend's thread pools (JAX sizes its pool from the CPUs the parent pinned);
+    return the versions that matter."""
+    versions = {"keras": keras.__version__, "backend": BACKEND, "threads": str(threads)}
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        versions["tensorflow"] = tf.__version__
+        if device == "gpu":
+            versions["gpu"] = tf.config.experimental.get_device_details(
+                tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+    elif BACKEND == "jax":
+        import jax
+        import jaxlib
+
+        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
+        if device == "gpu":
+            versions["gpu"] = jax.devices("gpu")[0].device_kind
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        versions["torch"] = torch.__version__
+        if device == "gpu":
+            versions["gpu"] = torch.cuda.get_device_name(0)
     return versions
 
 
 def _device(device: str) -> contextlib.AbstractContextManager:
-    return tf.device("/GPU:0" if device == "gpu" else "/CPU:0")
+    return keras.device(device)
 
 
 def sgemm(n: int, device: str) -> Callable[[], None]:
-    """One float32 n x n matrix product per call (the machine's roof)."""
+    """One float32 n x n matrix product per call (the machine's roof), with the backend's matmul."""
     with _device(device):
-        a = tf.random.normal((n, n))
-        b = tf.random.normal((n, n))
+        a = keras.random.normal((n, n), seed=0)
+        b = keras.random.normal((n, n), seed=1)
 
     def run() -> None:
         with _device(device):
-            tf.linalg.matmul(a, b)[0, 0].numpy()  # one element back: waits for the product
+            keras.ops.convert_to_numpy(keras.ops.matmul(a, b)[0, 0])  # one element back: waits for the product
     return run
 
 
 def reset_device_memory(device: str) -> None:
-    if device == "gpu":
+    if device != "gpu":
+        return
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.reset_memory_stats("GPU:0")
+    elif BACKEND == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    # JAX keeps no resettable peak: the figure is the process's peak so far
 
 
 def device_memory_mb(device: str) -> float | None:
-    """Peak GPU memory TensorFlow allocated since the last reset (None on the CPU)."""
-    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20 if device == "gpu" else None
+    """Peak GPU memory the backend allocated since the last reset (None on the CPU)."""
+    if device != "gpu":
+        return None
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
+    if BACKEND == "jax":
+        import jax
+
+        return jax.devices("gpu")[0].memory_stats()["peak_bytes_in_use"] / 2 ** 20
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
 def implementations(spec: ModelSpec) -> list[str]:
@@ -82,12 +137,22 @@ def implementations(spec: ModelSpec) -> list[str]:
 
 
 def configs(impl: str, mode: str, variant: str) -> list[str]:
-    return ["graph", "xla"]
+    return list(CONFIGS[BACKEND])
 
 
 def default_config(impl: str, mode: str) -> str:
-    """Keras' ``jit_compile="auto"``: XLA only when TensorFlow sees a GPU."""
-    return "xla" if tf.config.list_physical_devices("GPU") else "graph"
+    """What a user gets without asking: ``forward``'s compilation for inference, the
+    trainer's default step (``train.COMPILATIONS``) for training. On TensorFlow, Keras' own
+    ``jit_compile="auto"`` (XLA only with a GPU) for the other implementations."""
+    if impl == "spec":
+        return FORWARD_CONFIG[BACKEND] if mode == "infer" else COMPILATIONS[BACKEND][0]
+    if BACKEND == "tensorflow":
+        return "xla" if gpu_available() else "graph"
+    return CONFIGS[BACKEND][0]
+
+
+def _jit_compile(config: str) -> bool:
+    return config in ("xla", "jit", "compile")
 
 
 def _basic_conv(x: Any, width: int, kernel: int, stride: int = 1) -> Any:
@@ -164,42 +229,50 @@ def build(impl: str, config: str, spec: ModelSpec, device: str) -> keras.Model:
 
 
 def inference(model: keras.Model, impl: str, config: str, x: np.ndarray, device: str) -> Callable[[], None]:
-    """One ``predict_on_batch`` per call (the spec model through its logits-only sub-graph, as
-    ``runtime.forward`` runs it: no aux heads in eval mode)."""
+    """One forward per call: the spec model in ``forward``'s configuration through the function
+    ``runtime.forward`` compiles (its logits-only sub-graph: no aux heads in eval mode),
+    everything else with ``predict_on_batch`` after ``compile(jit_compile=...)``."""
+    inputs = layout.nchw_to_framework(x)  # [N, C, H, W] -> [N, H, W, C]
+    if impl == "spec" and config == FORWARD_CONFIG[BACKEND]:
+        run = compiled(model, (model.spec.outputs["logits"],), False)
+
+        def forward() -> None:
+            with _device(device):
+                keras.ops.convert_to_numpy(run(inputs)[model.spec.outputs["logits"]])
+        return forward
     if impl == "spec":
         model = keras.Model(model.input, model.get_layer(model.spec.outputs["logits"]).output)
     elif isinstance(model.output, list):
         model = keras.Model(model.input, model.output[0])
-    model.compile(jit_compile=config == "xla")
-    inputs = layout.nchw_to_framework(x)  # [N, C, H, W] -> [N, H, W, C]
+    model.compile(jit_compile=_jit_compile(config))
 
-    def run() -> None:
+    def run_predict() -> None:
         with _device(device):
             model.predict_on_batch(inputs)
-    return run
+    return run_predict
 
 
 def training(model: keras.Model, impl: str, config: str, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
              device: str) -> Callable[[], float]:
-    """One SGD-momentum step per call: the project's trainer (a ``tf.function``) for ``spec`` in
-    the ``graph`` configuration, else Keras' ``compile`` + ``train_on_batch`` (aux losses
+    """One SGD-momentum step per call: the project's trainer (``make_trainer``, its step compiled
+    as ``config``) for ``spec``, else Keras' ``compile`` + ``train_on_batch`` (aux losses
     weighted 0.3)."""
     opt = OptimizerConfig()
-    if impl == "spec" and config == "graph":
-        trainer = make_trainer(model, spec, opt)
-        return lambda: trainer.step(x, y)
+    if impl == "spec":
+        trainer = make_trainer(model, spec, opt, compilation=config)
+
+        def spec_step() -> float:
+            with _device(device):
+                return trainer.step(x, y)
+        return spec_step
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     labels = np.asarray(y, dtype=np.int64)
-    if isinstance(model.output, dict):  # the spec model with aux heads: outputs by spec key
-        weights = {key: 1.0 if key == "logits" else AUX_LOSS_WEIGHT for key in model.output}
-        loss, targets = {key: ce for key in weights}, {key: labels for key in weights}
-    else:
-        n = len(model.outputs)
-        weights = [1.0] + [AUX_LOSS_WEIGHT] * (n - 1)
-        loss, targets = [ce] * n, [labels] * n if n > 1 else labels
+    n = len(model.outputs)
+    weights = [1.0] + [AUX_LOSS_WEIGHT] * (n - 1)
+    loss, targets = [ce] * n, [labels] * n if n > 1 else labels
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum,
                                                  weight_decay=opt.weight_decay),
-                  loss=loss, loss_weights=weights, jit_compile=config == "xla")
+                  loss=loss, loss_weights=weights, jit_compile=_jit_compile(config))
     inputs = layout.nchw_to_framework(x)  # [N, C, H, W] -> [N, H, W, C]
 
     def step() -> float:

@@ -34,8 +34,10 @@ from . import layers, layout
 def build_model(spec: ModelSpec, *, seed: int = 0) -> keras.Model:
     """The functional ``keras.Model`` (name ``spec.name``) of ``spec``.
 
-    ``seed`` seeds every initializer (Keras' defaults: Glorot-uniform kernels, zero biases,
-    BatchNorm gamma 1 / beta 0) and every dropout layer, without touching Keras' global seed.
+    ``seed`` seeds every initializer (Keras' defaults: Glorot-uniform kernels, here drawn with
+    numpy so that a seed gives the same weights on every backend (``layers.GlorotUniform``),
+    zero biases, BatchNorm gamma 1 / beta 0) and every dropout layer, without touching Keras'
+    global seed. Dropout masks come from the backend's generator and differ per backend.
     """
     rng = np.random.default_rng(seed)
     flats = flattened_maps(spec)

@@ -1,8 +1,15 @@
-"""Run a Keras model built by ``build_model`` on a numpy batch: the contract's ``forward``."""
+"""Run a Keras model built by ``build_model`` on a numpy batch: the contract's ``forward``.
+
+``forward`` never runs the model eagerly: each backend compiles the sub-graph it needs
+(``COMPILERS``: a ``tf.function`` on TensorFlow, ``jax.jit`` of ``stateless_call`` on JAX,
+PyTorch's kernels under ``torch.no_grad``), once per model, set of outputs and mode. Eager
+JAX dispatches every op on its own and ran GoogLeNet parity about 9x slower than PyTorch.
+"""
 from __future__ import annotations
 
 import contextlib
 import weakref
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -13,6 +20,9 @@ from . import layout
 
 #: model -> {output layer names -> functional sub-graph over the model's own layers}
 _GRAPHS: weakref.WeakKeyDictionary[keras.Model, dict[tuple[str, ...], keras.Model]] = weakref.WeakKeyDictionary()
+#: model -> {(output layer names, training mode) -> compiled forward (``compiled``)}
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[tuple[tuple[str, ...], bool], Callable[[np.ndarray], Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def gpu_available() -> bool:
@@ -56,13 +66,13 @@ def strict_precision() -> None:
 
 def _device(device: str) -> contextlib.AbstractContextManager:
     if device == "cpu":
-        return keras.device("cpu:0")
+        return keras.device("cpu")
     if device == "gpu":
         if not gpu_available():
             raise RuntimeError(f"device='gpu' was requested but the Keras backend ({keras.backend.backend()}) "
                                "sees no GPU")
         strict_precision()
-        return keras.device("gpu:0")
+        return keras.device("gpu")
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 
 
@@ -73,6 +83,71 @@ def _graph(model: keras.Model, names: tuple[str, ...]) -> keras.Model:
     if names not in graphs:
         graphs[names] = keras.Model(model.input, {n: model.get_layer(n).output for n in names})
     return graphs[names]
+
+
+def _compile_tensorflow(graph: keras.Model, train: bool) -> Callable[[np.ndarray], dict[str, Any]]:
+    """A ``tf.function`` (TensorFlow's graph executor with its oneDNN kernels, Keras'
+    ``jit_compile="auto"`` on a CPU); it traces once per input shape. BatchNorm's
+    ``assign`` of the moving statistics runs inside the graph."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: graph(x, training=train))
+
+
+def _compile_jax(graph: keras.Model, train: bool) -> Callable[[np.ndarray], dict[str, Any]]:
+    """``jax.jit`` of ``graph.stateless_call`` (compiled once per input shape). The variables'
+    values are arguments, not constants; in training mode the new values of the
+    non-trainable variables (BatchNorm's moving statistics, dropout's seed state), which
+    ``stateless_call`` returns instead of assigning, are assigned after the call."""
+    import jax
+
+    trainable, non_trainable = graph.trainable_variables, graph.non_trainable_variables
+    if not train:  # outputs only: returning the unchanged state would copy it
+        run = jax.jit(lambda tv, ntv, x: graph.stateless_call(tv, ntv, x, training=False)[0])
+        return lambda x: run([v.value for v in trainable], [v.value for v in non_trainable], x)
+    run = jax.jit(lambda tv, ntv, x: graph.stateless_call(tv, ntv, x, training=True))
+
+    def call(x: np.ndarray) -> dict[str, Any]:
+        outputs, updated = run([v.value for v in trainable], [v.value for v in non_trainable], x)
+        for variable, value in zip(non_trainable, updated):
+            variable.assign(value)
+        return outputs
+    return call
+
+
+def _compile_torch(graph: keras.Model, train: bool) -> Callable[[np.ndarray], dict[str, Any]]:
+    """PyTorch's eager kernels without autograd (``torch.no_grad``): Keras on PyTorch runs
+    eagerly by default, and its eager forward is as fast as native PyTorch NHWC
+    (docs/keras-backends.md); ``torch.compile`` is a benchmark configuration (``bench.py``)."""
+    import torch
+
+    def call(x: np.ndarray) -> dict[str, Any]:
+        with torch.no_grad():
+            return graph(x, training=train)
+    return call
+
+
+#: Keras backend -> how ``forward`` compiles a sub-graph for one mode
+COMPILERS: dict[str, Callable[[keras.Model, bool], Callable[[np.ndarray], dict[str, Any]]]] = {
+    "tensorflow": _compile_tensorflow,
+    "jax": _compile_jax,
+    "torch": _compile_torch,
+}
+
+
+def compiled(model: keras.Model, names: tuple[str, ...], train: bool) -> Callable[[np.ndarray], dict[str, Any]]:
+    """The compiled forward of ``model``'s sub-graph with outputs ``names`` in one mode, made
+    once per model, set of names and mode on the process's Keras backend (each backend's
+    compiler caches one executable per input shape)."""
+    functions = _COMPILED.setdefault(model, {})
+    key = (names, train)
+    if key not in functions:
+        backend = keras.backend.backend()
+        if backend not in COMPILERS:
+            raise RuntimeError(f"forward does not know the Keras backend {backend!r}; "
+                               f"it runs on {', '.join(COMPILERS)}")
+        functions[key] = COMPILERS[backend](_graph(model, names), train)
+    return functions[key]
 
 
 def forward(model: keras.Model, x: np.ndarray, *, train: bool = False, activations: bool = False,
@@ -98,7 +173,7 @@ def forward(model: keras.Model, x: np.ndarray, *, train: bool = False, activatio
     else:
         names = tuple(outputs.values())
     with _device(device):
-        values = _graph(model, names)(layout.nchw_to_framework(x), training=train)
+        values = compiled(model, names, train)(layout.nchw_to_framework(x))
     flats = flattened_maps(spec)
     arrays = {}
     for name, value in values.items():

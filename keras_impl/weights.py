@@ -13,7 +13,9 @@ batch_norm     running_*     ``moving_mean``, ``moving_variance``
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Iterator, Mapping
 
 import keras
@@ -98,12 +100,35 @@ def _native_suffix(path: str | os.PathLike) -> str:
     raise WeightError(f"{path}: Keras' own formats end in {' or '.join(NATIVE_SUFFIXES)}")
 
 
+@contextlib.contextmanager
+def _without_tensorflow_probe() -> Iterator[None]:
+    """Keras' serializer asks ``module_utils.tensorflow.available`` (which imports TensorFlow
+    when it is installed: seconds and hundreds of MB) for every object of a ``.keras`` file, to
+    recognise ``tf.TensorShape`` and ``tf.DType`` values. While TensorFlow is not loaded no
+    object can be one, so on the JAX and PyTorch backends the probe answers False for the
+    duration of the save, without the import; elsewhere (or in a Keras without that probe)
+    nothing changes."""
+    from keras.src.utils import module_utils
+
+    probe = getattr(module_utils, "tensorflow", None)
+    if "tensorflow" in sys.modules or getattr(probe, "_available", True) is not None:
+        yield
+        return
+    probe._available = False
+    try:
+        yield
+    finally:
+        if "tensorflow" not in sys.modules:
+            probe._available = None
+
+
 def save_native(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:
     """Write Keras' own format, atomically: ``model.save`` for ``.keras`` (architecture and
-    weights), ``model.save_weights`` for ``.weights.h5``."""
+    weights), ``model.save_weights`` for ``.weights.h5``. Either loads under every Keras
+    backend, whichever wrote it (``parity_tests/ports/test_keras_backends.py``)."""
     suffix = _native_suffix(path)
     list(variables(model, spec))  # the model fits the spec
-    with atomic_named_path(path) as tmp:
+    with atomic_named_path(path) as tmp, _without_tensorflow_probe():
         (model.save if suffix == ".keras" else model.save_weights)(tmp)
 
 

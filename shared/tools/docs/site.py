@@ -573,7 +573,8 @@ def _model_page(site: Site, name: str, parity: Sequence[Mapping[str, Any]] | Non
     model_parity = [r for r in parity or [] if r["model"] == name]
     if model_parity:
         body.append(f'<h2 id="parity">Parity</h2><p>From <code>rosetta parity</code> '
-                    f'(<a href="{site.rel(page, "parity.html")}">all models</a>).</p>{_parity_table(model_parity)}')
+                    f'(<a href="{site.rel(page, "parity.html")}">all models</a>).</p>'
+                    f"{implementations_line(page, model_parity, site)}{_parity_table(model_parity)}")
     model_bench = [r for r in (bench or {}).get("records", []) if r.get("model") == name]
     if model_bench:
         body.append(f'<h2 id="bench">Benchmarks</h2><p>From <code>rosetta bench</code> '
@@ -627,6 +628,127 @@ def _index_page(site: Site, names: Sequence[str], parity: Sequence[Mapping[str, 
     site.add("index.html", "Rosetta CNN: one network, three frameworks", body)
 
 
+# ---------------------------------------------------------------------------
+# "Keras on three backends" (blocks.json: keras_backends)
+
+#: the Keras backends, the columns of the Keras page; ``shared`` snippets span the row below
+KERAS_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
+KERAS_PAGE = "keras-backends.html"
+
+
+def check_keras_backends(table: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``keras_backends`` entry of the block table with its structure checked (None if the
+    table has none): ``title``, ``summary``, ``backends`` (name and install line per backend),
+    ``sections`` (id, title, summary, snippets per backend or ``shared``, notes per backend) and
+    ``measured`` (tables: title, caption, columns, rows)."""
+    page = table.get("keras_backends")
+    if page is None:
+        return None
+
+    def need(cond: bool, where: str, what: str) -> None:
+        if not cond:
+            raise RosettaError(f"{BLOCKS_PATH.name}: $.keras_backends{where}: expected {what}")
+
+    def text(value: Any) -> bool:
+        return isinstance(value, str) and value != ""
+
+    need(isinstance(page, dict), "", "an object")
+    for key in ("title", "summary"):
+        need(text(page.get(key)), f".{key}", "a non-empty string")
+    backends = page.get("backends")
+    need(isinstance(backends, dict) and set(backends) == set(KERAS_BACKENDS), ".backends",
+         f"an object with exactly {', '.join(KERAS_BACKENDS)}")
+    for b in KERAS_BACKENDS:
+        need(isinstance(backends[b], dict) and all(text(backends[b].get(k)) for k in ("name", "install")),
+             f".backends.{b}", "an object with string 'name' and 'install'")
+    need(isinstance(page.get("sections"), list) and page["sections"], ".sections", "a non-empty list")
+    for i, section in enumerate(page["sections"]):
+        at = f".sections[{i}]"
+        need(isinstance(section, dict), at, "an object")
+        for key in ("id", "title", "summary"):
+            need(text(section.get(key)), f"{at}.{key}", "a non-empty string")
+        snippets, notes = section.get("snippets"), section.get("notes", {})
+        need(isinstance(snippets, dict) and snippets and set(snippets) <= {*KERAS_BACKENDS, SHARED}
+             and all(isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs)
+                     for refs in snippets.values()),
+             f"{at}.snippets", f"an object from {', '.join((*KERAS_BACKENDS, SHARED))} to lists of 'file:symbol'")
+        need(isinstance(notes, dict) and set(notes) <= set(KERAS_BACKENDS) and all(
+            isinstance(n, list) and all(isinstance(x, str) for x in n) for n in notes.values()),
+             f"{at}.notes", f"an object from {', '.join(KERAS_BACKENDS)} to lists of strings")
+    for i, measured in enumerate(page.get("measured", [])):
+        at = f".measured[{i}]"
+        need(isinstance(measured, dict) and text(measured.get("title")) and text(measured.get("caption")),
+             at, "an object with string 'title' and 'caption'")
+        columns, rows = measured.get("columns"), measured.get("rows")
+        need(isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns), f"{at}.columns",
+             "a list of column names")
+        need(isinstance(rows, list) and all(isinstance(r, list) and len(r) == len(columns) for r in rows),
+             f"{at}.rows", f"a list of rows of {len(columns)} cells")
+    return page
+
+
+def keras_snippets(page: Mapping[str, Any]) -> dict[str, dict[str, list[Snippet]]]:
+    """Section id -> column -> snippets of the Keras page; every stale location reported at once."""
+    out: dict[str, dict[str, list[Snippet]]] = {}
+    problems = []
+    for section in page["sections"]:
+        for col, refs in section["snippets"].items():
+            for ref in refs:
+                try:
+                    out.setdefault(section["id"], {}).setdefault(col, []).append(extract(ref))
+                except RosettaError as e:
+                    problems.append(f"keras_backends section {section['id']!r} ({col}): {e}")
+    if problems:
+        raise RosettaError("stale source location(s) in the docs block table:\n  " + "\n  ".join(problems))
+    return out
+
+
+def _keras_backends_page(site: Site, page_doc: Mapping[str, Any], snippets: Mapping[str, Mapping[str, list[Snippet]]],
+                         parity: Sequence[Mapping[str, Any]] | None) -> None:
+    page = KERAS_PAGE
+    names = page_doc["backends"]
+    body = [f'<p class="summary">{inline(page_doc["summary"])}</p>',
+            "<p>Install: " + "; ".join(f"{_e(names[b]['name'])} <code>{_e(names[b]['install'])}</code>"
+                                      for b in KERAS_BACKENDS) + ".</p>"]
+    for section in page_doc["sections"]:
+        body.append(f'<h2 id="{_e(section["id"])}">{_e(section["title"])}</h2>'
+                    f'<p class="summary">{inline(section["summary"])}</p>')
+        got = snippets[section["id"]]
+        cols = []
+        for b in KERAS_BACKENDS:
+            code = "".join(site.snippet_html(page, s) for s in got.get(b, []))
+            notes = "".join(f"<li>{inline(n)}</li>" for n in section.get("notes", {}).get(b, []))
+            notes = f'<div class="pitfalls"><ul>{notes}</ul></div>' if notes else ""
+            if code or notes:
+                cols.append(f'<section class="fw-col" data-fw="keras-{b}"><h3>{_e(names[b]["name"])}</h3>'
+                            f"{code}{notes}</section>")
+        if cols:
+            body.append(f'<div class="columns">{"".join(cols)}</div>')
+        shared = got.get(SHARED, [])
+        if shared:
+            body.append('<div class="shared-grid">' + "".join(site.snippet_html(page, s) for s in shared) + "</div>")
+    for measured in page_doc.get("measured", []):
+        head = "".join(f"<th>{_e(c)}</th>" for c in measured["columns"])
+        rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in measured["rows"])
+        body.append(f'<h2>{_e(measured["title"])}</h2><p>{inline(measured["caption"])}</p>'
+                    f'<table class="records"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+    keras_records = [r for r in parity or [] if "keras/" in f"{r['source']} {r['target']}"]
+    if keras_records:
+        body.append(f'<h2 id="parity">Parity of this run</h2><p>The records of <code>rosetta parity</code> given to '
+                    f"<code>rosetta docs --parity</code> that involve a Keras backend.</p>{_parity_table(keras_records)}")
+    site.add(page, page_doc["title"], "\n".join(body))
+
+
+def implementations_line(page: str, records: Sequence[Mapping[str, Any]], site: Site) -> str:
+    """Which implementations (``torch``, ``keras/jax``, ...) the records compare, each Keras
+    label linked to the Keras page when the site has one."""
+    labels = sorted({r[k] for r in records for k in ("source", "target")})
+    link = site.rel(page, KERAS_PAGE) if any(p == KERAS_PAGE for p, _ in site.nav) else None
+    shown = [f'<a href="{link}"><code>{_e(x)}</code></a>' if link and x.startswith("keras") else f"<code>{_e(x)}</code>"
+             for x in labels]
+    return f'<p class="implementations">Implementations compared: {", ".join(shown)}.</p>'
+
+
 def _blocks_index(site: Site) -> None:
     items = "".join(f'<li><a href="{_e(b["id"])}.html">{_e(b["title"])}</a>: {inline(b["summary"])}</li>'
                     for b in site.table["blocks"])
@@ -655,7 +777,12 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
     parity_records, parity_png = load_parity(parity) if parity is not None else (None, None)
     bench_doc, bench_png, bench_md = load_bench(bench) if bench is not None else (None, None, None)
 
+    keras_page = check_keras_backends(table)
+    keras_code = keras_snippets(keras_page) if keras_page is not None else {}
+
     site = Site(table, snippets)
+    if keras_page is not None:
+        site.nav.append((KERAS_PAGE, "Keras backends"))
     if parity_records is not None:
         site.nav.append(("parity.html", "Parity"))
     if bench_doc is not None:
@@ -664,6 +791,9 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
     model_ops = {n: spec_features(load_spec(n)) for n in names}
     _index_page(site, names, parity_records, bench_doc)
     _blocks_index(site)
+    if keras_page is not None:
+        _keras_backends_page(site, keras_page, keras_code, parity_records)
+        site.extra_sources.update(s.file for cols in keras_code.values() for ss in cols.values() for s in ss)
     for block in table["blocks"]:
         _block_page(site, block, model_ops)
     for i, name in enumerate(names, 1):

@@ -1,0 +1,324 @@
+"""The Keras port on each of its backends (TensorFlow, JAX, PyTorch), one process per backend.
+
+The backend is fixed when Keras is imported, so every check that needs another backend than
+this session's runs in a subprocess with ``KERAS_BACKEND`` set:
+
+* the port imports and runs (every public function) on JAX and PyTorch without importing
+  TensorFlow;
+* ``.keras`` and ``.weights.h5`` files written under each backend load under the other two:
+  the weights bitwise, the outputs within the eval tolerance of the writer's and bitwise equal
+  to the reading backend's own model given the same canonical weights;
+* the forward-parity, seeded-fault and training-step parity tests that involve the Keras
+  port pass on each backend (``PARITY_SUITE``, run by pytest in the subprocess), with the
+  same tolerances.
+
+When the session itself runs on JAX or PyTorch (``KERAS_BACKEND``), the forward-parity test
+below runs in it; on TensorFlow ``parity/test_parity.py`` already covers it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rosetta_cnn.verification.parity import format_matrix, model_parity, parity_spec
+from rosetta_cnn.verification.tolerances import tolerance
+
+from ..conftest import SMALL, needs
+from ..parity import test_mutations
+from ..training import test_train_mutations, test_train_parity
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "parity_tests" / "artifacts"
+#: Keras backend -> the package it needs
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKENDS = [b for b, package in BACKEND_PACKAGES.items()
+            if importlib.util.find_spec("keras") and importlib.util.find_spec(package)]
+OTHER_BACKENDS = [b for b in BACKENDS if b != "tensorflow"]
+#: one model per family, small (every op kept: LRN and groups, BatchNorm, aux heads)
+FAMILIES = ["alexnet_paper", "vgg11_bn", "googlenet"]
+FORMATS = [".keras", ".weights.h5"]
+#: seconds a backend's subprocess may take (a whole pytest run for the parity suite)
+TIMEOUT = 1800
+
+
+def this_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def run_on(backend: str, args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository root with ``KERAS_BACKEND=backend``; fails the test on a
+    non-zero exit, with the process's output."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"KERAS_BACKEND={backend} python {' '.join(args)}: no answer within {timeout} s\n"
+                    f"{(e.stdout or '')[-4000:]}")
+    assert out.returncode == 0, (f"KERAS_BACKEND={backend} python {' '.join(args)} exited {out.returncode}:\n"
+                                 f"{out.stdout[-6000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# no TensorFlow outside the TensorFlow backend
+
+#: every public function of the port, used once on a small VGG-BN; prints the modules it loaded
+USE_EVERYTHING = """
+import sys, tempfile, os
+import numpy as np
+from rosetta_cnn import keras_impl as k
+from rosetta_cnn.keras_impl import bench, train, weights
+from rosetta_cnn.core.canonical import random_canonical
+from rosetta_cnn.core.spec import load_spec
+from rosetta_cnn.training.trainer import OptimizerConfig
+spec = load_spec("vgg11_bn", {"width_divisor": 16, "input_size": 32, "num_classes": 10})
+m = k.build_model(spec, seed=3)
+k.import_weights(m, spec, random_canonical(spec, 1))
+x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+out = k.forward(m, x, train=True, activations=True)
+assert out["logits"].shape == (2, 10)
+k.gpu_available()
+k.strict_precision()
+with tempfile.TemporaryDirectory() as d:
+    k.save_weights(m, spec, os.path.join(d, "w.safetensors"))
+    k.load_weights(m, spec, os.path.join(d, "w.safetensors"))
+    for ending in weights.NATIVE_SUFFIXES:
+        weights.save_native(m, spec, os.path.join(d, "m" + ending))
+        weights.load_native(m, spec, os.path.join(d, "m" + ending))
+for name in ("sgd", "adamw"):
+    t = train.make_trainer(m, spec, OptimizerConfig(name, lr=1e-3))
+    t.reseed(1)
+    t.step(x, np.array([1, 2]))
+    t.load_optimizer_state(t.optimizer_state())
+    t.gradients(x, np.array([1, 2]))
+    t.predict(x)
+bench.setup(1, "cpu")
+bench.sgemm(64, "cpu")()
+bench.training(bench.build("plain", bench.configs("plain", "train", "")[0], spec, "cpu"), "plain",
+               bench.default_config("plain", "train"), spec, x, np.array([1, 2]), "cpu")()
+import keras
+print(keras.backend.backend(), sorted(m for m in ("tensorflow", "jax", "torch") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_port_runs_without_tensorflow(backend):
+    out = run_on(backend, ["-c", USE_EVERYTHING], timeout=600)
+    name, loaded = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert name == backend, out.stdout
+    assert "tensorflow" not in loaded, f"KERAS_BACKEND={backend}: the Keras port imported TensorFlow ({loaded})"
+    assert backend in loaded
+
+
+def test_the_import_check_would_see_tensorflow():
+    """The control: the same probe reports TensorFlow when a module does import it."""
+    needs("keras")
+    probe = USE_EVERYTHING.replace("import keras\n", "import keras\nimport tensorflow\n")
+    out = run_on(OTHER_BACKENDS[0] if OTHER_BACKENDS else "tensorflow", ["-c", probe], timeout=600)
+    assert "tensorflow" in out.stdout.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------
+# native files across backends
+
+#: writes (``write``) or reads (``read``) the native files of every family under this process's backend
+FILES_CHILD = """
+import json, sys
+from parity_tests.ports.test_keras_backends import files_child
+files_child(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+"""
+
+
+def _family_spec(model: str):
+    return parity_spec(model, overrides=SMALL[model])
+
+
+def files_child(action: str, root: str, backends: list[str]) -> None:
+    """Inside a subprocess with ``KERAS_BACKEND`` set. ``write``: for every family, the model with
+    ``random_canonical(spec, 7)`` saved as ``root/<backend>/<model><ending>`` and its eval logits
+    as ``<model>.npy``. ``read``: every other backend's files loaded into one model per family
+    (``load_native``) and with ``keras.saving.load_model`` (``.keras``); the results go to
+    ``root/<backend>/read.json``."""
+    import keras
+
+    from rosetta_cnn import keras_impl
+    from rosetta_cnn.core.canonical import random_canonical
+    from rosetta_cnn.keras_impl import weights
+    from rosetta_cnn.verification.parity import diff, make_input
+
+    me = keras.backend.backend()
+    here = Path(root) / me
+    here.mkdir(parents=True, exist_ok=True)
+    results = []
+    for model in FAMILIES:
+        spec = _family_spec(model)
+        x = make_input(spec, 2, 0)
+        tensors = random_canonical(spec, 7)
+        net = keras_impl.build_model(spec, seed=0)
+        keras_impl.import_weights(net, spec, tensors)
+        own = keras_impl.forward(net, x)["logits"]
+        if action == "write":
+            np.save(here / f"{model}.npy", own)
+            for ending in FORMATS:
+                weights.save_native(net, spec, here / f"{model}{ending}")
+            continue
+        reader = keras_impl.build_model(spec, seed=1)  # other weights until a file is loaded
+        for writer in backends:
+            if writer == me:
+                continue
+            written = np.load(Path(root) / writer / f"{model}.npy")
+            for ending in FORMATS:
+                path = Path(root) / writer / f"{model}{ending}"
+                weights.load_native(reader, spec, path)
+                loaded = keras_impl.export_weights(reader, spec)
+                got = keras_impl.forward(reader, x)["logits"]
+                results.append({"model": model, "writer": writer, "reader": me, "file": ending, "how": "load_native",
+                                "weights_bitwise": all(np.array_equal(loaded[k], tensors[k]) for k in tensors),
+                                "max_rel_vs_writer": diff(written, got).max_rel,
+                                "bitwise_vs_reader": bool(np.array_equal(own, got))})
+                if ending == ".keras":  # a user's keras.saving.load_model: the whole model from the file
+                    whole = keras.saving.load_model(path)
+                    whole.spec = spec
+                    got = keras_impl.forward(whole, x)["logits"]
+                    loaded = keras_impl.export_weights(whole, spec)
+                    results.append({"model": model, "writer": writer, "reader": me, "file": ending,
+                                    "how": "load_model",
+                                    "weights_bitwise": all(np.array_equal(loaded[k], tensors[k]) for k in tensors),
+                                    "max_rel_vs_writer": diff(written, got).max_rel,
+                                    "bitwise_vs_reader": bool(np.array_equal(own, got))})
+    if action == "read":
+        (here / "read.json").write_text(json.dumps(results, indent=1))
+
+
+@pytest.fixture(scope="module")
+def files_across_backends(tmp_path_factory) -> list[dict]:
+    """Every backend writes its files, then every backend reads the others' (6 processes)."""
+    if len(BACKENDS) < 2:
+        pytest.skip(f"needs two Keras backends; installed: {', '.join(BACKENDS) or 'none'}")
+    root = tmp_path_factory.mktemp("keras-files")
+    for action in ("write", "read"):
+        for backend in BACKENDS:
+            run_on(backend, ["-c", FILES_CHILD, action, str(root), json.dumps(BACKENDS)], timeout=900)
+    results = [r for b in BACKENDS for r in json.loads((root / b / "read.json").read_text())]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "keras_files_across_backends.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+@pytest.mark.parametrize("ending", FORMATS)
+@pytest.mark.parametrize("model", FAMILIES)
+def test_native_files_load_across_backends(files_across_backends, model, ending):
+    rows = [r for r in files_across_backends if r["model"] == model and r["file"] == ending]
+    pairs = len(BACKENDS) * (len(BACKENDS) - 1)
+    assert len(rows) == pairs * (2 if ending == ".keras" else 1), rows
+    tol = tolerance("cpu", "eval").rel
+    for r in rows:
+        where = f"{model}{ending} written on {r['writer']}, read on {r['reader']} ({r['how']})"
+        assert r["weights_bitwise"], f"{where}: the weights changed"
+        assert r["bitwise_vs_reader"], f"{where}: outputs differ from the reader's own model with the same weights"
+        assert r["max_rel_vs_writer"] <= tol, f"{where}: {r['max_rel_vs_writer']:.2e} > {tol:.0e} of the writer's"
+
+
+# ---------------------------------------------------------------------------
+# parity on each backend
+
+
+@pytest.mark.skipif(this_backend() == "tensorflow", reason="on TensorFlow, parity/test_parity.py covers it")
+@pytest.mark.parametrize("model", FAMILIES)
+def test_forward_parity_on_this_backend(model):
+    """torch <-> keras and keras <-> flax (eval and train) with the session's Keras backend."""
+    needs("torch", "keras", "flax")
+    records = model_parity(parity_spec(model, overrides=SMALL[model]), ["torch", "keras", "flax"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"keras_{this_backend()}_parity_{model}.json").write_text(
+        json.dumps([r.to_json() for r in records], indent=1))
+    assert all(r.passed for r in records), format_matrix([r for r in records if not r.passed])
+
+
+def _ids(test: str, params: list[str]) -> list[str]:
+    return [f"{test}[{p}]" for p in params]
+
+
+#: the costliest part of the suite (XLA compiles GoogLeNet's training step for 40-90 s in the
+#: JAX and Flax runs on 2 cores): run with the heavy tests
+HEAVY = "googlenet"
+
+
+def parity_suite(heavy: bool) -> list[str]:
+    """Node ids of every forward, seeded-fault and training-parity test that involves the Keras
+    port: those that train GoogLeNet (``heavy``) or the others."""
+    here = "parity_tests/ports/test_keras_backends.py"
+    mutations = "parity_tests/parity/test_mutations.py"
+    train_parity = "parity_tests/training/test_train_parity.py"
+    train_mutations = "parity_tests/training/test_train_mutations.py"
+    keras_pairs = [f"{a}->{b}" for a, b in test_train_parity.PAIRS if "keras" in (a, b)]
+    trained = [model for model in test_train_parity.FAMILIES if (model == HEAVY) == heavy]
+    train_faults = [name for name, m in test_train_mutations.MUTATIONS.items()
+                    if "keras" in (m[2], m[3]) and (m[1] == HEAVY) == heavy]
+    ids = [*_ids(f"{train_parity}::test_training_step_parity", [f"{pair}-{model}" for model in trained
+                                                                for pair in keras_pairs]),
+           *_ids(f"{train_mutations}::test_training_checks_catch", train_faults)]
+    if heavy:
+        return ids
+    return [
+        *_ids(f"{here}::test_forward_parity_on_this_backend", FAMILIES),
+        *_ids(f"{mutations}::test_seeded_fault_is_caught_and_localised",
+              [f"{c[0].__name__}-{c[1]}-{c[3]}" for c in test_mutations.CASES if c[1] == "keras"]),
+        *ids,
+        *_ids(f"{train_parity}::test_adam_mappings", [f"{pair}-{name}" for name in ("adam", "adamw")
+                                                      for pair in keras_pairs]),
+        f"{train_parity}::test_steps_never_write_into_the_callers_arrays[keras]",
+        f"{train_mutations}::test_decoupled_decay_check_passes_unmutated",
+    ]
+
+
+def _run_suite(backend: str, ids: list[str]) -> None:
+    needs("torch", "keras", "flax")
+    out = run_on(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *ids])
+    summary = out.stdout.strip().splitlines()[-1]
+    assert f"{len(ids)} passed" in summary and "skipped" not in summary, out.stdout[-4000:]
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_parity_suite_on_backend(backend):
+    """The Keras tests of ``parity_suite`` pass with ``KERAS_BACKEND=backend`` (same tolerances)."""
+    _run_suite(backend, parity_suite(heavy=False))
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_parity_suite_on_backend_googlenet_training(backend):
+    """GoogLeNet's training-step parity and its seeded fault, with ``KERAS_BACKEND=backend``."""
+    _run_suite(backend, parity_suite(heavy=True))
+
+
+def test_parity_suite_covers_every_keras_case():
+    """Every seeded fault and training-parity case that involves Keras is in one of the two runs."""
+    ids = parity_suite(heavy=False) + parity_suite(heavy=True)
+    assert len(ids) == len(set(ids))
+    assert sum("test_training_step_parity" in i for i in ids) == 4 * len(test_train_parity.FAMILIES)
+    assert sum("test_training_checks_catch" in i for i in ids) == 3
+    assert sum("test_seeded_fault" in i for i in ids) == sum(c[1] == "keras" for c in test_mutations.CASES)
+
+
+def test_extras_install_each_backend():
+    """``keras-jax`` and ``keras-torch`` install Keras without TensorFlow; CI's ``all-cpu`` has all three."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def packages(extra: str) -> set[str]:
+        return {req.split(">")[0].split("=")[0].split("[")[0].strip() for req in extras[extra]}
+
+    assert {"keras", "jax", "jaxlib"} <= packages("keras-jax") and {"keras", "torch"} <= packages("keras-torch")
+    assert not {"tensorflow", "tensorflow-cpu"} & (packages("keras-jax") | packages("keras-torch"))
+    for extra in ("keras-cpu", "keras-jax", "keras-torch"):
+        assert extra in extras["all-cpu"][0], extra
+    assert "keras," in extras["all"][0] and "keras-jax" in extras["all"][0] and "keras-torch" in extras["all"][0]

@@ -14,12 +14,12 @@ from .main import parse_input
 
 def run_parity(args: argparse.Namespace) -> int:
     from ..core.files import atomic_path
-    from ..core.spec import list_models
+    from ..core.spec import is_file_reference, list_models
     from ..tools import plots
     from ..verification.parity import format_layers, format_markdown, format_matrix, gpu_frameworks, model_parity
 
     models = args.models or list_models()
-    unknown = [m for m in models if m not in list_models()]
+    unknown = [m for m in models if m not in list_models() and not is_file_reference(m)]
     if unknown:
         raise SpecError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(list_models())}")
     fws = args.frameworks or ports.available()
@@ -76,7 +76,7 @@ def run_parity(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("parity", help="cross-framework parity matrix")
-    s.add_argument("--models", nargs="+", metavar="MODEL")
+    s.add_argument("--models", nargs="+", metavar="MODEL", help="bundled models or path/to/spec.json:model")
     s.add_argument("--frameworks", nargs="+", choices=list(ports.FRAMEWORKS))
     s.add_argument("--input", metavar="HxW", help="input size (default: each spec's, 224x224)")
     s.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu")

@@ -245,9 +245,14 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
-            for a in arrays.values():
-                if a.size:
-                    f.write(memoryview(a).cast("B"))
+            write_tensor_data(f, arrays.values())
+
+
+def write_tensor_data(f: Any, arrays: Any) -> None:
+    """Write the arrays' bytes one after the other (C order) to the open file ``f``."""
+    for a in arrays:
+        if a.size:
+            f.write(memoryview(a).cast("B"))
 
 
 def check_finite(tensors: Mapping[str, Any], *, source: str, allow: bool = False) -> None:

@@ -193,7 +193,8 @@ def _unpickler_reason(e: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
     lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
-    return (lines[0] if lines else type(e).__name__)[:200]
+    first = (lines[0] if lines else type(e).__name__).split(" Please use", 1)[0]  # never its advice to allow it
+    return first[:200]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -244,7 +245,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         raise WeightError(f"{p}: refused to load: the file holds more than tensors and plain containers (the "
-                          f"weights-only loader rejected it: {_unpickler_reason(e)}); nothing in it was executed") from None
+                          f"weights-only loader rejected it: {_unpickler_reason(e)}); it was not executed") from None
     except errors as e:
         raise WeightError(f"{p}: not a readable PyTorch state_dict file (truncated or corrupted?): "
                           f"{type(e).__name__}: {_unpickler_reason(e)}") from None

@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         debug = debug or bool(args.debug)
         install_signal_handlers()
-        limits.configure_from(items=args.limit)
-        return args.func(args)
+        with limits.raised(**{**limits.parse_items(os.environ.get(limits.ENV)), **limits.parse_items(args.limit)}):
+            return args.func(args)
     except SystemExit:
         raise
     except BaseException as e:

@@ -12,7 +12,8 @@ Layout (format version 1):
 * dtype float32, little-endian (safetensors);
 * metadata: ``format`` = ``rosetta-canonical``, ``format_version``, ``model``, ``overrides``
   (JSON), ``spec_hash`` (sha256 of the resolved spec), ``framework`` (who wrote it),
-  ``tensors_sha256`` (sha256 of the tensor data, so that a flipped byte is found) and, for a
+  ``sha256`` (of the header without it and of the tensor data, so that a flipped byte is
+  found) and, for a
   model from a user's own spec file, ``spec`` (that spec document, compact JSON) and
   ``spec_file`` (its file name, for messages).
 
@@ -197,10 +198,26 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
     return meta, infos, 8 + n
 
 
-def read_tensors(path: str | os.PathLike, infos: Mapping[str, TensorInfo], data_offset: int, *,
-                 digest: str | None = None) -> dict[str, np.ndarray]:
+#: the metadata key of a file's checksum: sha256 of the header (without this key) and the data
+CHECKSUM = "sha256"
+
+
+def _header_json(meta: Mapping[str, str], infos: Mapping[str, TensorInfo]) -> bytes:
+    """The header a checksum covers: every tensor entry and the metadata without the checksum."""
+    header: dict[str, Any] = {name: {"dtype": i.dtype, "shape": list(i.shape), "data_offsets": [i.start, i.end]}
+                              for name, i in infos.items()}
+    header["__metadata__"] = {k: v for k, v in meta.items() if k != CHECKSUM}
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def read_tensors(path: str | os.PathLike, infos: Mapping[str, TensorInfo], data_offset: int,
+                 meta: Mapping[str, str] | None = None, *, require_checksum: bool = False) -> dict[str, np.ndarray]:
     """The tensors ``infos`` describes (from :func:`read_header`), as numpy arrays over one
-    buffer; with ``digest``, the data's sha256 must equal it (a flipped byte is an error)."""
+    buffer. When ``meta`` has a checksum (every file written here does), the header and the data
+    must match it: a flipped byte anywhere is an error."""
+    meta = meta or {}
+    if require_checksum and CHECKSUM not in meta:
+        raise WeightError(f"{path}: the metadata lacks its checksum ({CHECKSUM})")
     for name, info in infos.items():
         if SAFETENSORS_DTYPES[info.dtype][0] is None:
             raise WeightError(f"{path}: tensor {name!r} has dtype {info.dtype}, which this reader does not "
@@ -215,30 +232,37 @@ def read_tensors(path: str | os.PathLike, infos: Mapping[str, TensorInfo], data_
         raise WeightError(f"{path}: cannot read: {e.strerror}") from None
     if got != size:
         raise WeightError(f"{path}: truncated while reading ({got:,} of {size:,} bytes of tensor data)")
-    if digest is not None and hashlib.sha256(buf).hexdigest() != digest:
-        raise WeightError(f"{path}: corrupted: the tensor data do not match the checksum in the file "
-                          "(tensors_sha256); a byte was changed after it was written")
+    if CHECKSUM in meta:
+        digest = hashlib.sha256(_header_json(meta, infos))
+        digest.update(buf)
+        if digest.hexdigest() != meta[CHECKSUM]:
+            raise WeightError(f"{path}: corrupted: the header and data do not match the file's checksum "
+                              f"({CHECKSUM}); a byte was changed after it was written")
     return {name: np.frombuffer(buf, SAFETENSORS_DTYPES[i.dtype][0], math.prod(i.shape), i.start).reshape(i.shape)
             for name, i in infos.items()}
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
     """Write ``tensors`` as a safetensors file, atomically and deterministically (names and
-    metadata sorted), with ``tensors_sha256`` (the data's sha256) added to the metadata."""
+    metadata sorted), with a checksum of the header and the data (``sha256``) in the metadata."""
     arrays = {}
     for name in sorted(tensors):
         a = np.asarray(tensors[name])
-        a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a)
+        a = np.asarray(a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a, order="C")  # 0-d stays 0-d
         if a.dtype.str not in _NUMPY_TO_SAFETENSORS:
             raise WeightError(f"tensor {name!r}: dtype {a.dtype} cannot be written to safetensors")
         arrays[name] = a
-    digest, header, offset = hashlib.sha256(), {}, 0
+    infos, offset = {}, 0
     for name, a in arrays.items():
-        digest.update(memoryview(a).cast("B") if a.size else b"")
-        header[name] = {"dtype": _NUMPY_TO_SAFETENSORS[a.dtype.str], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
+        infos[name] = TensorInfo(_NUMPY_TO_SAFETENSORS[a.dtype.str], a.shape, offset, offset + a.nbytes)
         offset += a.nbytes
-    header["__metadata__"] = {**metadata, "tensors_sha256": digest.hexdigest()}
+    meta = {k: v for k, v in metadata.items() if k != CHECKSUM}
+    digest = hashlib.sha256(_header_json(meta, infos))
+    for a in arrays.values():
+        digest.update(memoryview(a).cast("B") if a.size else b"")
+    header: dict[str, Any] = {name: {"dtype": i.dtype, "shape": list(i.shape), "data_offsets": [i.start, i.end]}
+                              for name, i in infos.items()}
+    header["__metadata__"] = {**meta, CHECKSUM: digest.hexdigest()}
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     with atomic_path(path) as tmp:
@@ -405,7 +429,7 @@ def load_canonical(path: str | os.PathLike, spec: ModelSpec | None = None, *,
         if info.dtype not in ("F32", "F16", "F64"):
             raise WeightError(f"{path}: tensor {name!r} has dtype {info.dtype}, expected a floating type "
                               "(float32, float16 or float64)")
-    tensors = read_tensors(path, infos, offset, digest=meta.get("tensors_sha256"))
+    tensors = read_tensors(path, infos, offset, meta)
     tensors = {k: t if t.dtype == np.float32 else t.astype(np.float32) for k, t in tensors.items()}
     check_finite(tensors, source=str(path), allow=allow_nonfinite)
     return spec, tensors

@@ -133,23 +133,24 @@ def _temp_name(target: Path) -> str:
     return f".{target.name[:96]}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
-def _write_failure(target: Path, e: BaseException) -> FileError | None:
-    """The FileError for a writer that failed with ``e`` because the disk is full or the file
-    cannot be written, or None (a failure of another kind)."""
+def _write_failure(target: Path, tmp: Path, e: BaseException) -> FileError | None:
+    """The FileError for a writer that failed with ``e`` because the file cannot be written
+    (a full disk, a file-size limit, an I/O error), or None for a failure of another kind.
+    Writers wrap I/O errors in their own exceptions (torch's RuntimeError, h5py's), so a
+    failure that is not an OSError is judged by probing: one more byte written to the
+    temporary file fails the same way when the file system is the cause."""
     if isinstance(e, OSError) and e.errno is not None:
         return FileError(f"{target}: cannot write: {e.strerror}")
     if isinstance(e, RosettaError) or not isinstance(e, Exception):
         return None
+    probe = tmp if tmp.is_file() else tmp / ".probe"
     try:
-        full = shutil.disk_usage(target.parent).free < (1 << 20)
-    except OSError:
-        full = False
-    if full:
-        return FileError(f"{target}: cannot write: no space left on device")
-    text = str(e).lower()
-    if "write" in text and ("fail" in text or "error" in text):  # torch's and h5py's wrapped I/O errors
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        return FileError(f"{target}: cannot write: {first[:200]}")
+        with open(probe, "ab") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return FileError(f"{target}: cannot write: {err.strerror}")
     return None
 
 
@@ -169,7 +170,7 @@ def _temporary(path: str | os.PathLike, make: Callable[[Path], None]) -> Iterato
     try:
         yield tmp
     except BaseException as e:
-        failure = _write_failure(target, e)
+        failure = _write_failure(target, tmp, e)
         if failure is not None:
             raise failure from None
         raise

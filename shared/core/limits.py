@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -113,12 +112,6 @@ def configure(**values: int) -> Limits:
         values[key] = parse_value(key, value)
     _current = dataclasses.replace(_current, **values)
     return previous
-
-
-def configure_from(env: str | None = None, items: list[str] | None = None) -> None:
-    """The limits of ``ROSETTA_LIMITS`` (``env``, default: the environment), then ``--limit`` items."""
-    env = os.environ.get(ENV) if env is None else env
-    configure(**{**parse_items(env), **parse_items(items)})
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.canonical import (
+    CHECKSUM,
     check_finite,
     check_format,
     check_spec_matches,
@@ -63,15 +64,15 @@ class History:
 TORCH_SLOTS: dict[str, tuple[str, ...]] = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq", "step"),
                                            "adamw": ("exp_avg", "exp_avg_sq", "step")}
 #: the metadata every checkpoint has besides the canonical keys
-CHECKPOINT_KEYS = ("epoch", "settings", "history", "tensors_sha256")
+CHECKPOINT_KEYS = ("epoch", "settings", "history", CHECKSUM)
 _EPOCH_KEYS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "images_per_second")
 
 
 def save_checkpoint(path: Path, trainer: Trainer, settings: TrainSettings, epoch: int, history: History) -> None:
     """Weights, optimizer state, settings and history in one safetensors file, written
     atomically, with a checksum of every tensor byte."""
-    tensors = {name: np.ascontiguousarray(t) for name, t in trainer.export_weights().items()}
-    tensors.update({f"optimizer/{k}": np.ascontiguousarray(v) for k, v in trainer.optimizer_state().items()})
+    tensors = {name: np.asarray(t, order="C") for name, t in trainer.export_weights().items()}
+    tensors.update({f"optimizer/{k}": np.asarray(v, order="C") for k, v in trainer.optimizer_state().items()})
     meta = {**metadata_for(trainer.spec, settings.framework), "epoch": str(epoch),
             "settings": json.dumps(settings.identity(), sort_keys=True), "history": json.dumps(asdict(history))}
     write_safetensors(path, tensors, meta)
@@ -150,7 +151,7 @@ def load_checkpoint(path: Path, trainer: Trainer, settings: TrainSettings,
     for name, info in infos.items():
         if name in weights and info.dtype != "F32":
             raise RosettaError(f"{path}: tensor {name!r} has dtype {info.dtype}, expected F32")
-    tensors = read_tensors(path, infos, offset, digest=meta["tensors_sha256"])
+    tensors = read_tensors(path, infos, offset, meta, require_checksum=True)
     check_finite(tensors, source=str(path))
     trainer.import_weights({k: tensors[k] for k in weights})
     trainer.load_optimizer_state({k[len("optimizer/"):]: tensors[k] for k in optimizer})

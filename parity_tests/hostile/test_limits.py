@@ -141,6 +141,8 @@ def test_framework_free_limits_hold_under_an_address_space_cap(hostile):
         ("idx", f"{d}/huge-images-idx3-ubyte.gz", None, {"max_data_bytes": 1 << 30}, "LimitError", "max_data_bytes"),
         ("idx", f"{d}/many-images-idx3-ubyte", None, {}, "LimitError", "max_data_bytes"),
         ("npy", f"{d}/lying.npy", None, {}, "LimitError", "max_data_bytes"),
+        # the broken counterpart: with its limit raised, the 373 GiB dataset is allocated and the cap stops it
+        ("h5", f"{d}/huge.weights.h5", None, {"max_params": 10 ** 12}, "crash", "MemoryError"),
         ("cli", None, ["init", f"{d}/wide.json:tiny", "--framework", "torch", "--out", f"{d}/w.safetensors"], {},
          "ok", ""),
     ]

@@ -265,7 +265,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     header["__metadata__"] = {**meta, CHECKSUM: digest.hexdigest()}
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, 8 + len(blob) + offset) as tmp:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)

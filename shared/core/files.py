@@ -154,14 +154,37 @@ def _write_failure(target: Path, tmp: Path, e: BaseException) -> FileError | Non
     return None
 
 
+def check_space(target: Path, nbytes: int) -> None:
+    """FileError before a write of about ``nbytes`` that cannot fit: over the process's
+    file-size limit (RLIMIT_FSIZE) or the free space of the disk. Writers that cannot fail
+    cleanly half-way (h5py crashes on a full disk) call it first."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = -1
+    if soft not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and nbytes > soft:
+        raise FileError(f"{target}: cannot write: File too large ({nbytes:,} bytes, over this process's file-size "
+                        f"limit of {soft:,})")
+    try:
+        free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise FileError(f"{target}: cannot write: no space left on device ({nbytes:,} bytes needed, {free:,} free)")
+
+
 @contextlib.contextmanager
-def _temporary(path: str | os.PathLike, make: Callable[[Path], None]) -> Iterator[Path]:
+def _temporary(path: str | os.PathLike, make: Callable[[Path], None], nbytes: int = 0) -> Iterator[Path]:
     target = output_path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileError(f"{target}: cannot create the directory {target.parent}: {e.strerror}") from None
     remove_stale_temporaries(target.parent)
+    if nbytes:
+        check_space(target, nbytes)
     tmp = target.parent / _temp_name(target)
     try:
         make(tmp)
@@ -196,26 +219,27 @@ def _publish(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     On any error (or interruption) the temporary file is removed and ``path`` is untouched; a
     writer killed beyond recall leaves ``.NAME.PID-RANDOM.rosetta-tmp``, which the next atomic
     write into the same directory removes. File-system failures (a read-only directory, a full
-    disk, a directory in the way) are FileErrors naming the path.
+    disk, a directory in the way) are FileErrors naming the path; ``nbytes``, the size about to
+    be written when the writer knows it, is checked against the free space first.
     """
     target = Path(path)
-    with _temporary(path, lambda tmp: tmp.touch(mode=0o600, exist_ok=False)) as tmp:
+    with _temporary(path, lambda tmp: tmp.touch(mode=0o600, exist_ok=False), nbytes) as tmp:
         yield tmp
         _publish(tmp, target)
 
 
 @contextlib.contextmanager
-def atomic_named_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_named_path(path: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
     """Like :func:`atomic_path`, but the temporary file has ``path``'s own name (in a
     temporary directory beside it), for writers that check the file name (Keras' suffixes)."""
     target = Path(path)
-    with _temporary(path, lambda d: d.mkdir(mode=0o700)) as d:
+    with _temporary(path, lambda d: d.mkdir(mode=0o700), nbytes) as d:
         tmp = d / target.name
         yield tmp
         if tmp.is_dir():  # a Keras/orbax writer may produce a directory; we only handle files

@@ -262,7 +262,9 @@ def write_keras_applications(path: str | os.PathLike, spec: ModelSpec, tensors: 
         raise WeightError(f"keras.applications has no model {spec.name!r}; it has: {', '.join(KERAS_APPLICATIONS)}")
     flat = layout.flatten_inputs(spec)
     counts: dict[str, int] = {}
-    with atomic_named_path(path) as tmp:
+    # h5py cannot fail cleanly half-way through a full disk: the space is checked first
+    nbytes = sum(np.asarray(t).size * 4 + 4096 for t in tensors.values()) + (64 << 10)
+    with atomic_named_path(path, nbytes) as tmp:
         with h5py.File(tmp, "w") as f:
             root = f.create_group("layers")
             root.create_group("input_layer").create_group("vars").attrs["name"] = "input_layer"

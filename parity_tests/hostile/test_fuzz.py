@@ -66,6 +66,13 @@ def hidden(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.startswith(".")]
 
 
+class Files(dict):
+    """Valid file contents by format (a short repr: hypothesis prints its arguments on failure)."""
+
+    def __repr__(self) -> str:
+        return f"Files({', '.join(self)})"
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict[str, bytes]:
     """One valid small file per format, as bytes."""
@@ -73,7 +80,7 @@ def base(tmp_path_factory) -> dict[str, bytes]:
     spec = load_spec("vgg16", TINY)
     tensors = random_canonical(spec, 0)
     save_canonical(d / "w.safetensors", spec, tensors)
-    out = {"safetensors": (d / "w.safetensors").read_bytes()}
+    out = Files(safetensors=(d / "w.safetensors").read_bytes())
     from rosetta_cnn.formats import keras_applications as ka
     ka.write_keras_applications(d / "w.weights.h5", spec, tensors)
     out["weights.h5"] = (d / "w.weights.h5").read_bytes()
@@ -233,7 +240,7 @@ def checkpoint(tmp_path_factory):
                               False, {}, 0)
     trainer = build_trainer("torch", spec, opt)
     fit(trainer, data, settings_, d / "run", progress=lambda m: None)
-    return spec, opt, settings_, (d / "run" / CHECKPOINT).read_bytes()
+    return spec, opt, settings_, Files(raw=(d / "run" / CHECKPOINT).read_bytes())["raw"]
 
 
 @FUZZ

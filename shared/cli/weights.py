@@ -93,8 +93,8 @@ def read_npy(path: str, *, allow_integer: bool = False, allow_nonfinite: bool = 
             version = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
-        except (ValueError, SyntaxError, TypeError) as e:
-            raise RosettaError(f"--input {p}: corrupted .npy header ({one_line(e)[:200]})") from None
+        except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+            raise RosettaError(f"--input {p}: corrupted .npy header ({type(e).__name__}: {one_line(e)[:200]})") from None
         offset = f.tell()
     kinds = "fiu" if allow_integer else "f"
     if dtype.hasobject or dtype.kind not in kinds or dtype.names:

@@ -283,7 +283,7 @@ def make_fixtures(d: Path) -> None:
     # --- inputs (.npy)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.save(d / "x.npy", x)
-    np.savez(d / "x.npz.npy", x=x)
+    np.savez(open(d / "x.npz.npy", "wb"), x=x)
     (d / "text.npy").write_text("1 2 3\n")
     np.save(d / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(d / "int.npy", (x * 10).astype(np.int64))
@@ -888,12 +888,41 @@ def run_case(case: Case) -> dict:
             "marker": False}
 
 
+def markdown(before: list[dict], after: list[dict]) -> str:
+    """A table of the cases by group: outcome before and after (``--compare BEFORE AFTER``)."""
+    old = {(r["group"], r["name"]): r for r in before}
+    rows = ["| group | case | before | after |", "|---|---|---|---|"]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run"
+        text = r["status"] + ("" if r["good"] else " (bad)")
+        if r["status"] in ("error", "traceback") and r["message"]:
+            msg = r["message"].split(": error: ", 1)[-1] if r["status"] == "error" else r["message"]
+            text += ": " + msg[:90].replace("|", "/") + ("..." if len(msg) > 90 else "")
+        if r["leftovers"]:
+            text += f" (left {len(r['leftovers'])} temporary file(s))"
+        return text
+
+    for r in after:
+        rows.append(f"| {r['group']} | {r['name'].replace('|', '/')} | {cell(old.get((r['group'], r['name'])))} | "
+                    f"{cell(r)} |")
+    good_before = sum(r["good"] for r in before)
+    good_after = sum(r["good"] for r in after)
+    rows.append(f"\n{len(after)} cases: {good_before} handled well before, {good_after} after.")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--out", help="results JSON")
     p.add_argument("--only", nargs="*", help="groups to run")
     p.add_argument("--dir", help="fixture directory (default: a new temporary one)")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print a Markdown table of two runs")
     args = p.parse_args(argv)
+    if args.compare:
+        print(markdown(*(json.loads(Path(f).read_text()) for f in args.compare)))
+        return 0
     d = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="rosetta-survey-"))
     if not (d / "out").exists():
         make_fixtures(d)

@@ -223,11 +223,10 @@ def test_fuzz_msgpack(flax_net, data):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     needs("torch")
+    from rosetta_cnn.training import data as datasets
     from rosetta_cnn.training.loop import CHECKPOINT, fit
     from rosetta_cnn.training.resume import TrainSettings
     from rosetta_cnn.training.trainer import OptimizerConfig, build_trainer
-
-    from rosetta_cnn.training import data as datasets
 
     from ..training.test_datasets import write_mnist_like
 

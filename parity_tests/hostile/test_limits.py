@@ -33,29 +33,15 @@ import numpy as np
 from rosetta_cnn.core import limits
 from rosetta_cnn.core.errors import RosettaError
 
+READERS = {"spec": ("rosetta_cnn.core.spec", "load_spec"), "safetensors": ("rosetta_cnn.core.canonical", "load_canonical"),
+           "h5": ("rosetta_cnn.formats.keras_applications", "read_keras_h5"),
+           "idx": ("rosetta_cnn.training.data", "read_idx"), "npy": ("rosetta_cnn.cli.weights", "read_npy"),
+           "pth": ("rosetta_cnn.formats.torchvision", "read_state_dict"), "cli": ("rosetta_cnn.cli", "main")}
+
 def run(kind, path, extra):
-    if kind == "spec":
-        from rosetta_cnn.core.spec import load_spec
-        return load_spec(path)
-    if kind == "safetensors":
-        from rosetta_cnn.core.canonical import load_canonical
-        return load_canonical(path)
-    if kind == "h5":
-        from rosetta_cnn.formats.keras_applications import read_keras_h5
-        return read_keras_h5(path)
-    if kind == "idx":
-        from rosetta_cnn.training.data import read_idx
-        return read_idx(path)
-    if kind == "npy":
-        from rosetta_cnn.cli.weights import read_npy
-        return read_npy(path)
-    if kind == "pth":
-        from rosetta_cnn.formats.torchvision import read_state_dict
-        return read_state_dict(path)
-    if kind == "cli":
-        from rosetta_cnn.cli import main
-        return main(extra)
-    raise ValueError(kind)
+    import importlib
+    module, name = READERS[kind]
+    return getattr(importlib.import_module(module), name)(extra if kind == "cli" else path)
 
 for kind, path, extra, raise_limits in json.loads(sys.argv[1]):
     limits.configure(**raise_limits)

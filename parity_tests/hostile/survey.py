@@ -663,7 +663,9 @@ def cases(d: Path) -> list[Case]:
         add("pth", f"convert: {what}", "convert", f"{D}/{f}.pth", f"{out}/p.safetensors", watch=f"{out}/p.safetensors",
             timeout=180)
     add("pth", "convert: good", "convert", f"{D}/v.pth", f"{out}/good.safetensors", *TINY_SET[:4], expect="ok")
-    add("pth", "convert .pt without --model (guessed)", "convert", f"{D}/v.pt", f"{out}/pt.safetensors", expect="ok")
+    add("pth", "convert a reduced-width .pt without --set", "convert", f"{D}/v.pt", f"{out}/pt.safetensors")
+    add("pth", "convert .pt without --model (guessed)", "convert", f"{D}/v.pt", f"{out}/pt.safetensors",
+        *TINY_SET[:4], expect="ok")
     add("pth", "convert .pt with another model", "convert", f"{D}/v.pt", f"{out}/pt2.safetensors", "--model",
         "alexnet")
     # E. HDF5 / .keras

@@ -88,12 +88,21 @@ def _stop(signum: int, frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers() -> dict[int, Any]:
     """SIGTERM and SIGHUP end a command like Ctrl-C does: as an exception, so that every
-    pending ``finally`` removes its temporary files before the process exits."""
+    pending ``finally`` removes its temporary files before the process exits. Returns the
+    handlers it replaced (for :func:`restore_signal_handlers`)."""
+    replaced = {}
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) in (signal.SIG_DFL, None):
-            signal.signal(getattr(signal, name), _stop)
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
+            replaced[signum] = signal.signal(signum, _stop)
+    return replaced
+
+
+def restore_signal_handlers(replaced: dict[int, Any]) -> None:
+    for signum, handler in replaced.items():
+        signal.signal(signum, handler)
 
 
 def report(command: str, e: BaseException) -> int:
@@ -129,11 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = "command"
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    replaced: dict[int, Any] = {}
     try:
         args = build_parser().parse_args(argv)
         command = args.command
         debug = debug or bool(args.debug)
-        install_signal_handlers()
+        replaced = install_signal_handlers()
         with limits.raised(**{**limits.parse_items(os.environ.get(limits.ENV)), **limits.parse_items(args.limit)}):
             return args.func(args)
     except SystemExit:
@@ -142,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return report(command, e)
+    finally:
+        restore_signal_handlers(replaced)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,7 @@ def make_fixtures(d: Path) -> None:
     # --- canonical weights of a small bundled model and of the user's spec
     rosetta("init", "vgg11", "--framework", "torch", *TINY_SET, "--out", str(d / "v.safetensors"))
     rosetta("init", "vgg11", "--framework", "torch", "--set", "width_divisor=2", "--out", str(d / "big.safetensors"))
+    rosetta("init", "vgg16", "--framework", "torch", "--set", "width_divisor=2", "--out", str(d / "big16.safetensors"))
     rosetta("init", str(d / "tiny.json") + ":tiny", "--framework", "torch", "--out", str(d / "tiny.safetensors"))
     header, data = read_st(d / "v.safetensors")
     v = d / "v.safetensors"
@@ -769,16 +770,18 @@ def cases(d: Path) -> list[Case]:
         fsize=1 << 20, watch=f"{out}/full.pth")
     add("files", "convert: full disk -> .safetensors", "convert", src, f"{out}/full.safetensors", fsize=1 << 20,
         watch=f"{out}/full.safetensors")
-    add("files", "convert: full disk -> .weights.h5", "convert", src, f"{out}/full.weights.h5", fsize=1 << 20,
+    add("files", "convert: full disk -> .weights.h5", "convert", f"{D}/big16.safetensors", f"{out}/full.weights.h5",
+        fsize=1 << 20,
         watch=f"{out}/full.weights.h5")
     add("files", "init: full disk", "init", "vgg11", "--framework", "torch", "--set", "width_divisor=2", "--out",
         f"{out}/fullinit.safetensors", fsize=1 << 20, watch=f"{out}/fullinit.safetensors")
     for sig, label in [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGKILL, "SIGKILL")]:
         for dst in ("sig.pth", "sig.safetensors", "sig.weights.h5"):
-            add("files", f"convert {dst.split('.', 1)[1]}: {label} while writing", "convert", src,
+            source = f"{D}/big16.safetensors" if dst.endswith(".h5") else src  # keras.applications: VGG16/19
+            add("files", f"convert {dst.split('.', 1)[1]}: {label} while writing", "convert", source,
                 f"{out}/{label}_{dst}", signal=sig, watch=f"{out}/{label}_{dst}")
             if sig == signal.SIGKILL:
-                add("files", f"convert {dst.split('.', 1)[1]}: the next run after SIGKILL", "convert", src,
+                add("files", f"convert {dst.split('.', 1)[1]}: the next run after SIGKILL", "convert", source,
                     f"{out}/{label}_{dst}", watch=f"{out}/{label}_{dst}", expect="ok")
     add("files", "convert: src == dst", "convert", v, v, expect="ok")
     add("files", "convert --to torch into x.safetensors", "convert", v, f"{out}/mismatch.safetensors", "--to",

@@ -107,9 +107,7 @@ def test_debug_shows_the_traceback(files, monkeypatch):
 def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
     from rosetta_cnn.cli import models
 
-    monkeypatch.setattr(models, "run_list", lambda args: {}["boom"])
-    monkeypatch.setattr(main.__globals__["importlib"].import_module("rosetta_cnn.cli.models"), "run_list",
-                        lambda args: {}["boom"])
+    monkeypatch.setattr(models, "run_list", lambda args: {}["boom"])  # a bug: a KeyError nobody expected
     assert main(["list"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unexpected KeyError" in err and "--debug" in err

@@ -161,10 +161,10 @@ def check_space(target: Path, nbytes: int) -> None:
     try:
         import resource
 
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    except (ImportError, OSError, ValueError):
-        soft = -1
-    if soft not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and nbytes > soft:
+        soft, unlimited = resource.getrlimit(resource.RLIMIT_FSIZE)[0], resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):  # not POSIX
+        soft = unlimited = -1
+    if soft not in (-1, unlimited) and nbytes > soft:
         raise FileError(f"{target}: cannot write: File too large ({nbytes:,} bytes, over this process's file-size "
                         f"limit of {soft:,})")
     try:

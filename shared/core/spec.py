@@ -181,23 +181,16 @@ def _read_json(path: Path) -> Any:
 
 
 def parse_json(raw: bytes | str, file: str) -> Any:
-    """A spec document from JSON text: SpecError for text that is not UTF-8 JSON, or that nests
-    deeper than the limits allow (checked before the schema walks it)."""
+    """A spec document from JSON text: SpecError for text that is not UTF-8 JSON or that nests
+    too deeply for the parser (:func:`validate_document` checks the depth against the limits)."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        doc = json.loads(text)
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except UnicodeDecodeError as e:
         raise SpecError(f"not UTF-8 text (byte {e.start}): is this a spec file?", file=file) from None
     except json.JSONDecodeError as e:
         raise SpecError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=file) from None
     except RecursionError:
         raise SpecError("the JSON nests too deeply to be a spec", file=file) from None
-    depth_limit = max_json_depth()
-    depth = json_depth(doc, depth_limit + 1)
-    if depth > depth_limit:
-        raise SpecError(f"the JSON nests more than {depth_limit} levels deep (max_depth "
-                        f"{limits.get().max_depth} blocks or loops; raise it with --limit max_depth=N)", file=file)
-    return doc
 
 
 def max_json_depth() -> int:

@@ -827,6 +827,7 @@ def cases(d: Path) -> list[Case]:
 
 def _limits(case: Case) -> Callable[[], None]:
     def apply() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a survey started in the background inherits SIG_IGN
         resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
         if case.fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (case.fsize, case.fsize))

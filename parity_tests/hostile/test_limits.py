@@ -11,7 +11,6 @@ import gzip
 import io
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -28,7 +27,10 @@ from .survey import nested_blocks, nested_loops, tiny_spec, wide_conv
 
 #: the child: runs each case of a JSON list, prints one JSON line per case
 CHILD = r"""
-import json, sys, traceback
+import resource, sys
+cap = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))  # before anything is imported: numpy, h5py, torch
+import json
 import numpy as np
 from rosetta_cnn.core import limits
 from rosetta_cnn.core.errors import RosettaError
@@ -57,11 +59,10 @@ for kind, path, extra, raise_limits in json.loads(sys.argv[1]):
 
 
 def _run_limited(cases: list[tuple], address_space: int, timeout: float = 240) -> list[dict]:
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap, env={**os.environ, "ROSETTA_LIMITS": ""})
+    """Run ``cases`` in a child whose address space is capped at ``address_space`` bytes (set by
+    the child itself, first thing: no preexec_fn in a multithreaded parent)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases), str(address_space)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "ROSETTA_LIMITS": ""})
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == len(cases), f"the child stopped early (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     return lines

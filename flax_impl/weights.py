@@ -109,12 +109,20 @@ def load_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
     load leaves the model unchanged. msgpack holds plain arrays: nothing is unpickled."""
     from flax import serialization
 
+    from rosetta_cnn.core.files import existing_file
+
     list(variables(model, spec))
+    own = _native_state(model)
+    size = existing_file(path).stat().st_size  # a directory, a pipe or a device is never read
+    expected = sum(int(np.prod(v.shape)) * 8 for v in own.values()) + (1 << 20)  # float64 at most, plus keys
+    if size > expected:
+        raise WeightError(f"{path}: {size:,} bytes, more than a msgpack state of {spec.name!r} can take "
+                          f"({expected:,} bytes at most)")
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as e:
-        raise WeightError(f"{path}: cannot read: {e}") from None
+        raise WeightError(f"{path}: cannot read: {e.strerror}") from None
     if not blob:
         raise WeightError(f"{path}: empty file")
     try:
@@ -123,7 +131,9 @@ def load_native(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
         raise WeightError(f"{path}: not a Flax msgpack state file (truncated or corrupted?): {type(e).__name__}") from None
     if not isinstance(restored, dict) or not all(isinstance(v, np.ndarray) for v in restored.values()):
         raise WeightError(f"{path}: not a flat mapping of names to arrays")
-    own = _native_state(model)
+    bad = next((k for k, v in restored.items() if v.dtype.kind != "f"), None)
+    if bad is not None:
+        raise WeightError(f"{path}: array {bad!r} has dtype {restored[bad].dtype}, expected a floating type")
     check_names_shapes({k: tuple(v.shape) for k, v in own.items()}, {k: v.shape for k, v in restored.items()},
                        source=str(path), target=f"the Flax model of {spec.name!r}")
     state = nnx.state(model, _NATIVE)

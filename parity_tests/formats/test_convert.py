@@ -171,13 +171,12 @@ def test_interrupted_conversion_leaves_no_partial_file(tmp_path, monkeypatch, ta
         raise KeyboardInterrupt
 
     # interrupt the writer after it has created its temporary file
-    import safetensors.numpy
+    from rosetta_cnn.core import canonical
 
     if target.endswith(".pth"):
         monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (real_open(f, "wb").write(b"partial"), interrupted()))
     elif target.endswith(".safetensors"):
-        monkeypatch.setattr(safetensors.numpy, "save_file",
-                            lambda data, f, metadata=None: (real_open(f, "wb").write(b"partial"), interrupted()))
+        monkeypatch.setattr(canonical, "write_tensor_data", lambda f, arrays: (f.write(b"partial"), interrupted()))
     else:
         monkeypatch.setattr(layout, "linear_kernel_to_io", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -14,13 +14,13 @@ from .main import label_arg, parse_input
 
 def run_parity(args: argparse.Namespace) -> int:
     from ..core.files import atomic_path
-    from ..core.spec import list_models
+    from ..core.spec import is_file_reference, list_models
     from ..tools import plots
     from ..verification.parity import format_layers, format_markdown, format_matrix, gpu_frameworks, model_parity
     from ..verification.workers import WorkerPool, format_memory
 
     models = args.models or list_models()
-    unknown = [m for m in models if m not in list_models()]
+    unknown = [m for m in models if m not in list_models() and not is_file_reference(m)]
     if unknown:
         raise SpecError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(list_models())}")
     labels = list(dict.fromkeys(args.frameworks or ports.installed_implementations()))
@@ -93,7 +93,7 @@ def run_parity(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("parity", help="cross-implementation parity matrix (one worker process per implementation)")
-    s.add_argument("--models", nargs="+", metavar="MODEL")
+    s.add_argument("--models", nargs="+", metavar="MODEL", help="bundled models or path/to/spec.json:model")
     s.add_argument("--frameworks", nargs="+", type=label_arg, metavar="LABEL",
                    help=f"implementations to compare ({', '.join(ports.LABELS)}; 'keras' is Keras on $KERAS_BACKEND, "
                         f"tensorflow when unset); default: every installed one "

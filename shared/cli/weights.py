@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from ..core import ports
 from ..core.errors import RosettaError
 from ..formats.convert import FORMATS
-from .main import label_arg, label_help, run_as, spec_from_args
+from .main import label_arg, label_help, one_line, run_as, spec_from_args
 
 
 def run_init(args: argparse.Namespace) -> int:
     from ..core.canonical import random_canonical
+    from ..core.files import output_path
+    from ..formats.convert import check_ending
 
+    check_ending(args.out, "canonical", "--out")
+    output_path(args.out)
     spec = spec_from_args(args.model, args.set)
     elsewhere = run_as(args, args.framework)
     if elsewhere is not None:
@@ -29,16 +35,14 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..core.canonical import load_canonical, spec_from_file
-    from ..core.files import atomic_path
+    from ..core.files import atomic_path, output_path
 
-    spec = spec_from_file(args.weights)
-    if spec.name != args.model:
-        raise RosettaError(f"{args.weights} holds weights of {spec.name!r}, not {args.model!r}")
-    spec, tensors = load_canonical(args.weights, spec)
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RosettaError(f"cannot read --input {args.input}: {e}") from None
+    if not str(args.output).endswith(".npy"):
+        raise RosettaError(f"--output {args.output}: the logits are written as .npy; give a name ending in .npy")
+    output_path(args.output)
+    spec = spec_from_file(args.weights, args.model)
+    spec, tensors = load_canonical(args.weights, spec, allow_nonfinite=args.allow_nonfinite)
+    x = read_npy(args.input, allow_integer=args.allow_integer_input, allow_nonfinite=args.allow_nonfinite)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
@@ -60,12 +64,60 @@ def run_predict(args: argparse.Namespace) -> int:
         # the AlexNet paper's test-time averaging over horizontal reflections: flip W of NCHW
         flipped = np.ascontiguousarray(x[..., ::-1])
         logits = (logits + mod.forward(model, flipped, train=False)["logits"]) / 2
+    bad = int(logits.size - np.count_nonzero(np.isfinite(logits)))
+    if bad:
+        print(f"warning: {bad} of {logits.size} logits are not finite (NaN or Inf)", file=sys.stderr)
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, logits)
     print(f"wrote {args.output}: logits {logits.shape} from {args.framework}"
           + (" (averaged with the horizontally flipped input)" if args.tta else ""))
     return 0
+
+
+def read_npy(path: str, *, allow_integer: bool = False, allow_nonfinite: bool = False) -> Any:
+    """An input batch from an ``.npy`` file, checked before numpy reads it: the format (not an
+    ``.npz``, a pickle or text), a float dtype (integers only with ``allow_integer``; never
+    booleans, complex numbers or objects), the declared size (``max_data_bytes``) against the
+    file's, and finite values (unless ``allow_nonfinite``)."""
+    import math
+
+    import numpy as np
+
+    from ..core import limits
+    from ..core.files import existing_file
+
+    p = existing_file(path, "--input")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            what = ("an .npz archive (np.savez); save one array with np.save" if magic.startswith(b"PK") else
+                    f"it starts with the bytes {magic.hex() or '(none: an empty file)'}")
+            raise RosettaError(f"--input {p}: not an .npy file ({what})")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+        except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+            raise RosettaError(f"--input {p}: corrupted .npy header ({type(e).__name__}: {one_line(e)[:200]})") from None
+        offset = f.tell()
+    kinds = "fiu" if allow_integer else "f"
+    if dtype.hasobject or dtype.kind not in kinds or dtype.names:
+        hint = " (pass --allow-integer-input to cast integers)" if dtype.kind in "iu" else ""
+        raise RosettaError(f"--input {p}: dtype {dtype} ({'Python objects, never unpickled' if dtype.hasobject else 'not a float'})"
+                           f"; images are float arrays{hint}")
+    count = math.prod(shape)
+    limits.get().check("max_data_bytes", count * 4, f"the float32 size of --input {p} (shape {shape})")
+    if p.stat().st_size - offset != count * dtype.itemsize:
+        raise RosettaError(f"--input {p}: the header declares shape {shape} of {dtype} ({count * dtype.itemsize:,} "
+                           f"bytes), the file holds {p.stat().st_size - offset:,}")
+    x = np.load(p, allow_pickle=False)
+    if count == 0:
+        raise RosettaError(f"--input {p}: an empty array (shape {shape})")
+    if x.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(x).all():
+        raise RosettaError(f"--input {p}: holds NaN or infinite values; pass --allow-nonfinite to use them")
+    return x
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -84,7 +136,8 @@ def run_convert(args: argparse.Namespace) -> int:
     src_format = "keras" if src_format in KERAS_LABELS else src_format
     dst_format = "keras" if dst_format in KERAS_LABELS else dst_format
     spec, fmt_in, fmt_out = convert(args.src, args.dst, model=args.model, src_format=src_format,
-                                    dst_format=dst_format, sets=parse_overrides(args.set))
+                                    dst_format=dst_format, sets=parse_overrides(args.set),
+                                    allow_nonfinite=args.allow_nonfinite)
     print(f"wrote {args.dst}: {spec.name} ({fmt_in} -> {fmt_out})")
     return 0
 
@@ -103,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_init)
 
     s = sub.add_parser("predict", help="eval-mode logits of canonical weights in one framework")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="a bundled model, or path/to/spec.json:model (checked against the "
+                   "file's spec_hash)")
     s.add_argument("--weights", required=True, metavar="FILE.safetensors")
     s.add_argument("--framework", required=True, type=label_arg, metavar="LABEL", help=label_help())
     s.add_argument("--input", required=True, metavar="X.npy")
@@ -111,6 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tta", action="store_true",
                    help="average the logits of the input and its horizontal flip (the AlexNet paper's test time)")
     s.add_argument("--output", required=True, metavar="Y.npy")
+    s.add_argument("--allow-nonfinite", action="store_true", help="accept NaN or infinite weights and inputs")
+    s.add_argument("--allow-integer-input", action="store_true", help="accept an integer --input (cast to float32)")
     s.set_defaults(func=run_predict)
 
     table = "\n".join(f"  {f:<19} {s:<13} {d}" for f, (s, d) in FORMATS.items())
@@ -128,4 +184,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="format of DST (keras/BACKEND: the Keras port's own format written under that backend)")
     s.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="spec override the file cannot hold, e.g. transform_input=true")
+    s.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or infinite values")
     s.set_defaults(func=run_convert)

@@ -23,3 +23,22 @@ class SpecError(RosettaError, ValueError):
 
 class WeightError(RosettaError, ValueError):
     """A weight file does not fit the model (names, shapes, metadata) or cannot be read."""
+
+
+class FileError(RosettaError):
+    """A file or directory cannot be read or written (a directory where a file was expected,
+    a read-only or full disk, a name that is too long); the message names the path."""
+
+
+class LimitError(RosettaError):
+    """An input asks for more than a resource limit allows (``core/limits.py``); the message
+    gives the figure, the limit and how to raise it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop (Ctrl-C, SIGTERM, SIGHUP): raised so that every pending
+    ``finally`` removes its temporary files before the command ends."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -7,16 +7,20 @@ a ``layers`` list that may use blocks and ``for`` loops, named ``outputs`` and t
 ordered list of :class:`Layer` with normalised attributes and inferred shapes, which is all a
 framework builder, the analysis and the weight format need.
 
-Every problem is a :class:`~rosetta_cnn.core.errors.SpecError` naming the file and the JSON path.
+Every problem is a :class:`~rosetta_cnn.core.errors.SpecError` naming the file and the JSON path;
+what a spec may ask for (file size, nesting, expanded layers, parameters, activation sizes) is
+bounded by ``core/limits.py`` and checked before anything grows.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import hashlib
 import heapq
 import json
+import math
 import re
 from collections import ChainMap
 from dataclasses import dataclass, field
@@ -25,8 +29,9 @@ from typing import Any, Iterable, Mapping
 
 import jsonschema
 
-from . import ops
+from . import limits, ops
 from .errors import SpecError
+from .files import file_problem
 
 SPEC_DIR = Path(__file__).parent / "specs"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "spec.schema.json"
@@ -86,6 +91,9 @@ class ModelSpec:
     outputs: Mapping[str, str]  # "logits" first, then auxiliary outputs (training only)
     references: tuple[str, ...] = ()
     _index: dict[str, Layer] = field(default_factory=dict, compare=False, repr=False)
+    #: the spec document it was resolved from, as compact JSON with sorted keys (weight files of
+    #: users' own specs embed it: ``core/canonical.py``)
+    document: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._index.update({layer.name: layer for layer in self.layers})
@@ -158,12 +166,50 @@ def _schema_validator() -> jsonschema.Draft202012Validator:
 
 
 def _read_json(path: Path) -> Any:
+    problem = file_problem(path)
+    if problem:
+        raise SpecError(f"cannot read the spec file: {problem}", file=str(path))
     try:
-        return json.loads(Path(path).read_text())
+        size = Path(path).stat().st_size
+        limits.get().check("max_json_bytes", size, "the spec file's size")
+        raw = Path(path).read_bytes()
     except OSError as e:
-        raise SpecError(f"cannot read spec file: {e.strerror}", file=str(path)) from None
+        raise SpecError(f"cannot read the spec file: {e.strerror}", file=str(path)) from None
+    except limits.LimitError as e:
+        raise SpecError(str(e), file=str(path)) from None
+    return parse_json(raw, str(path))
+
+
+def parse_json(raw: bytes | str, file: str) -> Any:
+    """A spec document from JSON text: SpecError for text that is not UTF-8 JSON or that nests
+    too deeply for the parser (:func:`validate_document` checks the depth against the limits)."""
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not UTF-8 text (byte {e.start}): is this a spec file?", file=file) from None
     except json.JSONDecodeError as e:
-        raise SpecError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=str(path)) from None
+        raise SpecError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=file) from None
+    except RecursionError:
+        raise SpecError("the JSON nests too deeply to be a spec", file=file) from None
+
+
+def max_json_depth() -> int:
+    """How deep a spec document may nest: each block or loop level takes two (an item and its
+    ``layers`` list), plus the document's own levels."""
+    return 2 * limits.get().max_depth + 12
+
+
+def json_depth(doc: Any, stop: int) -> int:
+    """The nesting depth of a parsed JSON value (counted without recursion, up to ``stop``)."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest >= stop:
+                return deepest
+            todo.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -175,7 +221,14 @@ def json_path(parts: Iterable[Any]) -> str:
 
 def validate_document(doc: Any, file: str = "<spec>") -> None:
     """Check a spec document against the JSON Schema; raise SpecError at the deepest path."""
-    errors = list(_schema_validator().iter_errors(doc))
+    depth_limit = max_json_depth()
+    if json_depth(doc, depth_limit + 1) > depth_limit:
+        raise SpecError(f"the document nests more than {depth_limit} levels deep (max_depth "
+                        f"{limits.get().max_depth} blocks or loops; raise it with --limit max_depth=N)", file=file)
+    try:
+        errors = list(_schema_validator().iter_errors(doc))
+    except RecursionError:
+        raise SpecError("the document nests too deeply to check", file=file) from None
     if not errors:
         return
     err = jsonschema.exceptions.best_match(errors)
@@ -194,7 +247,7 @@ def validate_document(doc: Any, file: str = "<spec>") -> None:
 
 def load_spec(model: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
     """Resolve a bundled model (``list_models()``) or ``path/to/file.json:model``."""
-    if ":" in model and model.rsplit(":", 1)[0].endswith(".json"):
+    if is_file_reference(model):
         file, name = model.rsplit(":", 1)
         return load_spec_file(Path(file), name, overrides)
     reg = _registry()
@@ -223,7 +276,19 @@ def load_spec_dict(doc: Any, model: str | None = None, overrides: Mapping[str, A
         model = next(iter(models))
     if model not in models:
         raise SpecError(f"no model {model!r}; this file defines: {', '.join(models)}", file=file, path="$.models")
-    return _Resolver(doc, file, model, dict(overrides or {})).resolve()
+    spec = _Resolver(doc, file, model, dict(overrides or {})).resolve()
+    return dataclasses.replace(spec, _index={}, document=json.dumps(doc, sort_keys=True, separators=(",", ":")))
+
+
+def is_bundled(spec: ModelSpec) -> bool:
+    """Whether ``spec`` comes from a bundled spec file (so its name alone finds it again)."""
+    path = _registry().get(spec.name)
+    return path is not None and Path(spec.file) == path
+
+
+def is_file_reference(model: str) -> bool:
+    """Whether ``model`` names a spec file (``path/to/spec.json:model``) rather than a bundled model."""
+    return ":" in model and model.rsplit(":", 1)[0].endswith(".json")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -257,6 +322,9 @@ class _Resolver:
         self.names: dict[str, _Raw] = {}
         self.aliases: dict[str, str] = {}  # block instance name -> its last layer
         self.excluded: set[str] = set()
+        self.limits = limits.get()
+        self.expanded = 0  # items expanded so far (layers, block instances, loop bodies, skipped items)
+        self.copied = 0  # list elements copied by "$name" substitutions
 
     def error(self, msg: str, path: str) -> SpecError:
         return SpecError(msg, file=self.file, path=path)
@@ -300,7 +368,14 @@ class _Resolver:
                 if m.group(1) not in scope:
                     raise self.error(f"unknown parameter {value!r}; known here: "
                                      f"{', '.join(sorted(scope)) or 'none'}", path)
-                return copy.deepcopy(scope[m.group(1)])
+                found = scope[m.group(1)]
+                if isinstance(found, (list, dict)):
+                    self.copied += limits_size(found)
+                    if self.copied > 100 * self.limits.max_layers:
+                        raise self.error(limits.exceeded("max_layers", self.copied, "the number of values the spec's "
+                                                         "$references copy (100 per allowed layer)",
+                                                         100 * self.limits.max_layers), path)
+                return copy.deepcopy(found)
             return value
         if isinstance(value, list):
             return [self.subst(v, scope, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -308,9 +383,15 @@ class _Resolver:
 
     # -- expansion ----------------------------------------------------------
     def expand(self, items: list, path: str, scope: Mapping[str, Any], prefix: str, prev: str,
-               stack: tuple[str, ...], index: int | None, context: str = "") -> str:
+               stack: tuple[str, ...], index: int | None, context: str = "", depth: int = 0) -> str:
+        if depth > self.limits.max_depth:
+            raise self.error(limits.exceeded("max_depth", depth, "the nesting of blocks and loops here"), path)
         for j, item in enumerate(items):
             ipath = f"{path}[{j}]"
+            self.expanded += 1
+            if self.expanded > self.limits.max_layers:
+                raise self.error(limits.exceeded("max_layers", self.expanded, "the number of layers, block instances "
+                                                 "and loop iterations the spec expands to (counted so far)"), ipath)
             when = self.subst(item.get("when", True), scope, f"{ipath}.when")
             if not isinstance(when, bool):
                 raise self.error(f"'when' must resolve to true or false, got {when!r}", f"{ipath}.when")
@@ -334,9 +415,10 @@ class _Resolver:
                     raise self.error(f"'for' must resolve to a non-empty list, got {seq!r}", f"{ipath}.for")
                 for k, value in enumerate(seq, start=1):
                     inner = ChainMap({item["as"]: value}, scope)
-                    prev = self.expand(item["layers"], f"{ipath}.layers", inner, prefix, prev, stack, k, context)
+                    prev = self.expand(item["layers"], f"{ipath}.layers", inner, prefix, prev, stack, k, context,
+                                       depth + 1)
             elif "block" in item:
-                prev = self.instantiate(item, ipath, scope, full, refs, stack, context)
+                prev = self.instantiate(item, ipath, scope, full, refs, stack, context, depth)
             else:
                 attrs = {k: self.subst(v, scope, f"{ipath}.{k}") for k, v in item.items()
                          if k not in ("name", "op", "inputs", "when", "doc")}
@@ -345,7 +427,7 @@ class _Resolver:
         return prev
 
     def instantiate(self, item: dict, ipath: str, scope: Mapping[str, Any], full: str,
-                    refs: list[tuple[str, str, str]], stack: tuple[str, ...], context: str) -> str:
+                    refs: list[tuple[str, str, str]], stack: tuple[str, ...], context: str, depth: int = 0) -> str:
         if full in self.names or full in self.aliases:
             raise self.error(f"duplicate layer name {full!r}", f"{ipath}.name")
         blocks = self.doc.get("blocks", {})
@@ -374,7 +456,7 @@ class _Resolver:
         self.aliases[entry] = refs  # type: ignore[assignment]
         inner = ChainMap(args, self.root_scope)
         last = self.expand(block["layers"], f"$.blocks.{bname}.layers", inner, f"{full}_", entry,
-                           stack + (bname,), None, f" (in block instance {full!r} at {ipath}){context}")
+                           stack + (bname,), None, f" (in block instance {full!r} at {ipath}){context}", depth + 1)
         self.aliases[full] = last
         return full
 
@@ -460,6 +542,8 @@ class _Resolver:
         input_shape = (values["in_channels"], *size)
         shapes: dict[str, tuple[int, ...]] = {INPUT: input_shape}
         layers: list[Layer] = []
+        self.check_activation("the model input", input_shape, "$.params")
+        n_params = 0
         for name in order:
             raw = self.names[name]
             attrs = dict(raw.attrs)
@@ -491,6 +575,11 @@ class _Resolver:
                 raise self.error(f"layer {name!r}: output size {out} drops below 1 for input "
                                  f"{input_shape[1]}x{input_shape[2]} (input of the layer: {ins[0]}){raw.context}", raw.path)
             shapes[name] = out
+            self.check_activation(f"layer {name!r}", out, raw.path, raw.context)
+            n_params += sum(ops.count_params(raw.op, attrs, ins[0]))
+            if n_params > self.limits.max_params:
+                raise self.error(limits.exceeded("max_params", n_params, "the model's parameter and buffer count "
+                                                 f"(up to layer {name!r})"), raw.path)
             layers.append(Layer(name, raw.op, tuple(inputs[name]), attrs, tuple(ins), out, raw.path,
                                 training_only=name not in main))
         ordered = {"logits": outputs["logits"], **{k: v for k, v in outputs.items() if k != "logits"}}
@@ -500,6 +589,12 @@ class _Resolver:
             input_shape=input_shape, layers=tuple(layers), outputs=ordered,
             references=tuple(self.doc.get("references", [])) + tuple(model_doc.get("references", [])),
         )
+
+    def check_activation(self, what: str, shape: tuple[int, ...], path: str, context: str = "") -> None:
+        n = math.prod(shape)
+        if n > self.limits.max_activation:
+            raise self.error(limits.exceeded("max_activation", n, f"the output of {what}, shape "
+                                             f"{'x'.join(map(str, shape))},") + context, path)
 
     def raw_layers(self) -> list[_Raw]:
         return list(self.names.values())
@@ -538,6 +633,19 @@ class _Resolver:
             seen.add(n)
             todo += inputs[n]
         return seen
+
+
+def limits_size(value: Any) -> int:
+    """The number of values in a JSON value (lists and objects count their elements, nested)."""
+    n, todo = 0, [value]
+    while todo:
+        v = todo.pop()
+        n += 1
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return n
 
 
 def _attr_fails(op: str, key: str, attrs: dict, raw: dict) -> bool:

@@ -26,13 +26,15 @@ pretrained GoogLeNet. No framework is imported until a command runs.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Mapping
 
 from ..core import ports
-from ..core.canonical import check_tensors, guess_model, load_canonical, save_canonical
+from ..core.canonical import check_finite, check_tensors, guess_model, load_canonical, save_canonical, spec_from_file
 from ..core.errors import RosettaError, WeightError
+from ..core.files import output_path
 from ..core.spec import load_spec
 from . import keras_applications as ka
 from . import torchvision as tv
@@ -72,16 +74,42 @@ def _spec(model: str, inferred: Mapping[str, Any], sets: Mapping[str, Any]) -> A
     return load_spec(model, {**inferred, **sets})
 
 
-def read(path: str, fmt: str, model: str | None = None, sets: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
-    """Read ``path`` in format ``fmt`` -> (spec, canonical tensors), checked against the spec."""
-    sets = dict(sets or {})
+#: the file endings each format may be written with (a known ending of another format is an error)
+ENDINGS: dict[str, tuple[str, ...]] = {
+    "canonical": (".safetensors",), "torchvision": (".pth", ".pt"), "torch": (".pt", ".pth"),
+    "keras-applications": (".weights.h5", ".h5"), "keras": (".keras", ".weights.h5"), "flax": (".msgpack",),
+    "onnx": (".onnx",),
+}
+
+
+def check_ending(path: str, fmt: str, role: str = "DST") -> None:
+    """RosettaError when ``path`` ends in another format's ending (``--out x.pth`` for
+    safetensors bytes); a name without a known ending is left to the user."""
+    name = os.fspath(path)
+    if name.endswith(ENDINGS[fmt]):
+        return
+    other = next((f for f, (suffix, _) in sorted(FORMATS.items(), key=lambda kv: -len(kv[1][0]))
+                  if name.endswith(suffix) or name.endswith(ENDINGS[f])), None)
+    if other is not None:
+        raise RosettaError(f"{role} {name!r} ends like a {other} file, but {fmt} is written there "
+                           f"(use an ending of {', '.join(ENDINGS[fmt])}, or rosetta convert)")
+
+
+def read(path: str, fmt: str, model: str | None = None, sets: Mapping[str, Any] | None = None, *,
+         allow_nonfinite: bool = False) -> tuple[Any, dict]:
+    """Read ``path`` in format ``fmt`` -> (spec, canonical tensors), checked against the spec
+    (``model``: a bundled name or ``path/to/spec.json:model``); NaN and infinite weights are
+    refused unless ``allow_nonfinite``."""
+    spec, tensors = _read(path, fmt, model, dict(sets or {}), allow_nonfinite)
+    check_finite(tensors, source=path, allow=allow_nonfinite)
+    return spec, tensors
+
+
+def _read(path: str, fmt: str, model: str | None, sets: dict[str, Any], allow_nonfinite: bool) -> tuple[Any, dict]:
     if fmt == "canonical":
         if sets:
             raise RosettaError("a canonical file records its own overrides; --set applies to other formats")
-        spec, tensors = load_canonical(path)
-        if model and spec.name != model:
-            raise WeightError(f"{path} holds weights of {spec.name!r}, not {model!r}")
-        return spec, tensors
+        return load_canonical(path, spec_from_file(path, model) if model else None, allow_nonfinite=allow_nonfinite)
     if fmt == "torchvision":
         state = tv.read_state_dict(path)
         spec = _spec(*_described(tv.infer_torchvision_model, state, model), sets)
@@ -141,6 +169,7 @@ def _guess_native(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source: str = "unknown") -> None:
     """Write canonical ``tensors`` of ``spec`` to ``path`` in format ``fmt`` (atomically)."""
+    check_ending(path, fmt)
     if ka.is_headless(spec) and fmt != "keras-applications":
         raise RosettaError(f"the source holds only {spec.name}'s convolutional features (keras.applications "
                            "include_top=False); only keras-applications can hold that")
@@ -164,13 +193,16 @@ def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source:
 
 
 def convert(src: str, dst: str, *, model: str | None = None, src_format: str | None = None,
-            dst_format: str | None = None, sets: Mapping[str, Any] | None = None) -> tuple[Any, str, str]:
+            dst_format: str | None = None, sets: Mapping[str, Any] | None = None,
+            allow_nonfinite: bool = False) -> tuple[Any, str, str]:
     """Convert ``src`` to ``dst``; returns (spec, source format, target format)."""
     fmt_in = infer_format(src, src_format, "SRC")
     fmt_out = infer_format(dst, dst_format, "DST")
+    check_ending(dst, fmt_out)
+    output_path(dst)  # a directory in the way fails now, not after the source is read
     t0 = time.perf_counter()
     _say(f"reading {src} ({fmt_in})")
-    spec, tensors = read(src, fmt_in, model, sets)
+    spec, tensors = read(src, fmt_in, model, sets, allow_nonfinite=allow_nonfinite)
     _say(f"  {spec.name}: {len(tensors)} tensors ({time.perf_counter() - t0:.1f} s); writing {dst} ({fmt_out})")
     write(dst, fmt_out, spec, tensors, source=fmt_in)
     _say(f"  done in {time.perf_counter() - t0:.1f} s")

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core import layout
 from ..core.canonical import expected_tensors
-from ..core.errors import WeightError
+from ..core.errors import RosettaError, WeightError
 from ..core.files import atomic_named_path, check_names_shapes, existing_file, listing
 from ..core.spec import ModelSpec
 
@@ -55,12 +55,22 @@ def is_headless(spec: ModelSpec) -> bool:
     return spec.family == "vgg" and spec.outputs["logits"] == "block5_pool"
 
 
-def _h5_open(path: str | os.PathLike) -> Any:
-    """An open h5py file: ``path`` itself, or the ``model.weights.h5`` inside a ``.keras`` zip."""
+#: the signature at the start of an HDF5 file
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: the most HDF5 objects (groups and datasets) a weight file may hold (a hard-link cycle ends here)
+_MAX_OBJECTS = 100_000
+
+
+def _h5_open(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
+    """An open h5py file: ``path`` itself, or the ``model.weights.h5`` inside a ``.keras`` zip
+    (its declared size checked against ``max_archive_bytes`` and ``max_bytes`` before it is
+    inflated), with every object checked by :func:`check_h5_tree` before any data is read."""
     import io
     import zipfile
 
     import h5py
+
+    from ..core import limits
 
     p = existing_file(path)
     if p.stat().st_size == 0:
@@ -68,19 +78,94 @@ def _h5_open(path: str | os.PathLike) -> Any:
     try:
         if p.name.endswith(".keras"):
             with zipfile.ZipFile(p) as z:
-                return h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
-        return h5py.File(p, "r")
-    except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
+                try:
+                    info = z.getinfo("model.weights.h5")
+                except KeyError:
+                    raise WeightError(f"{p}: a zip archive without model.weights.h5: not a Keras model file") from None
+                limit = min(limits.get().max_archive_bytes, max_bytes or limits.get().max_archive_bytes)
+                if info.file_size > limit:
+                    key = "max_archive_bytes" if limit == limits.get().max_archive_bytes else None
+                    raise WeightError(f"{p}: " + (limits.exceeded(key, info.file_size, "the uncompressed size of its "
+                                                                  "model.weights.h5") if key else
+                                                  f"its model.weights.h5 inflates to {info.file_size:,} bytes, more "
+                                                  f"than {limit:,} for this model's weights"))
+                with z.open(info) as member:
+                    data = member.read(info.file_size + 1)
+            f = h5py.File(io.BytesIO(data), "r")
+        else:
+            with open(p, "rb") as raw:
+                if raw.read(8) != _HDF5_MAGIC:
+                    raise WeightError(f"{p}: not an HDF5 file (a Keras .weights.h5 / .h5 starts with the HDF5 signature)")
+            f = h5py.File(p, "r")
+    except RosettaError:
+        raise
+    except (OSError, zipfile.BadZipFile, KeyError, EOFError, ValueError, RuntimeError) as e:
         raise WeightError(f"{p}: not a readable Keras weight file (truncated or corrupted?): {e}") from None
+    try:
+        check_h5_tree(f, p)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
-def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+def check_h5_tree(f: Any, path: str | os.PathLike) -> None:
+    """Raise WeightError for anything in an HDF5 file that would read outside it or without
+    bound: soft and external links (never followed: a link loop, or a path to another file),
+    datasets stored in external files or virtual, more elements in all than ``max_params``,
+    more than 100,000 objects (what a hard-link cycle would give)."""
+    import h5py
+
+    from ..core import limits
+
+    todo, seen, total = [("", f)], 0, 0
+    try:
+        while todo:
+            prefix, group = todo.pop()
+            for name in group:
+                where = f"{prefix}/{name}"
+                link = group.get(name, getlink=True)
+                if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                    kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                    raise WeightError(f"{path}: {where} is {kind}; links inside weight files are never followed")
+                seen += 1
+                if seen > _MAX_OBJECTS:
+                    raise WeightError(f"{path}: more than {_MAX_OBJECTS:,} HDF5 objects (a hard-link cycle?)")
+                obj = group[name]
+                if isinstance(obj, h5py.Group):
+                    todo.append((where, obj))
+                elif isinstance(obj, h5py.Dataset):
+                    if obj.is_virtual or obj.external:
+                        raise WeightError(f"{path}: dataset {where} keeps its data "
+                                          f"{'in other files (virtual)' if obj.is_virtual else 'in an external file'}; "
+                                          "only data inside the file is read")
+                    total += int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 1
+                    limits.get().check("max_params", total, f"the elements {path} declares (up to dataset {where})")
+    except RosettaError:
+        raise
+    except (KeyError, OSError, RuntimeError, ValueError) as e:
+        raise WeightError(f"{path}: corrupted HDF5 structure: {e}") from None
+
+
+def _dataset(group: Any, name: str, path: str | os.PathLike) -> np.ndarray:
+    """One variable as float32, after checking it is a float (or integer) dataset."""
+    import h5py
+
+    ds = group[name]
+    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
+        what = f"dtype {ds.dtype}" if isinstance(ds, h5py.Dataset) else type(ds).__name__
+        raise WeightError(f"{path}: {ds.name} is not a numeric weight ({what})")
+    return np.asarray(ds, dtype=np.float32)
+
+
+def read_keras_h5(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, list[np.ndarray]]:
     """Keras layer name -> its variables in order, from a Keras 3 ``.weights.h5`` or ``.keras``
-    file (or a Keras 2 ``.h5`` weights file, as keras.applications' published ones are)."""
+    file (or a Keras 2 ``.h5`` weights file, as keras.applications' published ones are).
+    ``max_bytes`` bounds the weights inside a ``.keras`` zip (the caller knows the model)."""
     import h5py
 
     layers: dict[str, list[np.ndarray]] = {}
-    with _h5_open(path) as f:
+    with _h5_open(path, max_bytes) as f:
         try:
             if "layer_names" in f.attrs:  # Keras 2: one group per layer name, weight_names attribute
                 for raw in f.attrs["layer_names"]:
@@ -88,18 +173,20 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
                     group = f[name]
                     weights = [w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get("weight_names", [])]
                     if weights:
-                        layers[name] = [np.asarray(group[w], dtype=np.float32) for w in weights]
+                        layers[name] = [_dataset(group, w, path) for w in weights]
             elif "layers" in f:  # Keras 3: layers/<path>/vars/<i>, the layer name in vars' "name" attribute
                 for key, group in f["layers"].items():
-                    vars_ = group.get("vars")
+                    vars_ = group.get("vars") if isinstance(group, h5py.Group) else None
                     if not isinstance(vars_, h5py.Group) or not len(vars_):
                         continue
                     name = vars_.attrs.get("name", key)
                     name = name.decode() if isinstance(name, bytes) else str(name)
-                    layers[name] = [np.asarray(vars_[str(i)], dtype=np.float32) for i in range(len(vars_))]
+                    layers[name] = [_dataset(vars_, str(i), path) for i in range(len(vars_))]
             else:
                 raise WeightError(f"{path}: an HDF5 file without Keras weights (no 'layers' group or 'layer_names')")
-        except (OSError, KeyError, ValueError, TypeError) as e:
+        except RosettaError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError, RuntimeError) as e:
             raise WeightError(f"{path}: corrupted or truncated Keras weight file: {type(e).__name__}: {e}") from None
     return layers
 
@@ -175,7 +262,9 @@ def write_keras_applications(path: str | os.PathLike, spec: ModelSpec, tensors: 
         raise WeightError(f"keras.applications has no model {spec.name!r}; it has: {', '.join(KERAS_APPLICATIONS)}")
     flat = layout.flatten_inputs(spec)
     counts: dict[str, int] = {}
-    with atomic_named_path(path) as tmp:
+    # h5py cannot fail cleanly half-way through a full disk: the space is checked first
+    nbytes = sum(np.asarray(t).size * 4 + 4096 for t in tensors.values()) + (64 << 10)
+    with atomic_named_path(path, nbytes) as tmp:
         with h5py.File(tmp, "w") as f:
             root = f.create_group("layers")
             root.create_group("input_layer").create_group("vars").attrs["name"] = "input_layer"
@@ -190,5 +279,5 @@ def write_keras_applications(path: str | os.PathLike, spec: ModelSpec, tensors: 
                 for i, suffix in enumerate(KERAS_VARIABLES.get(layer.op, ())):
                     t = layout.convert_tensor(layer, suffix, tensors[f"{layer.name}.{suffix}"], flat.get(layer.name),
                                               conv=layout.conv_kernel_to_hwio, linear=layout.linear_kernel_to_io)
-                    group.create_dataset(str(i), data=t)
+                    group.create_dataset(str(i), data=t, track_times=False)  # no timestamps: same bytes each time
             f.create_group("vars").attrs["name"] = spec.name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from typing import Any, Mapping
 
 import numpy as np
@@ -179,42 +180,98 @@ def infer_torchvision_model(state: Mapping[str, np.ndarray]) -> tuple[str, dict[
     return f"vgg{depth}{'_bn' if bn else ''}", overrides
 
 
+#: what a torch file starts with: a zip archive (torch >= 1.6) or a pickle (the legacy format)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+#: tensor dtypes a state_dict may hold: floats (converted to float32) and integer counters
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+_COUNTERS = ("int64", "int32", "int16", "int8", "uint8")
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    first = (lines[0] if lines else type(e).__name__).split(" Please use", 1)[0]  # never its advice to allow it
+    return first[:200]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A ``state_dict`` file as numpy arrays, read with ``torch.load(weights_only=True)``.
 
     Memory-mapped where the file allows it (the zip format), so the arrays share the file's
     pages instead of copying them. Anything that is not plain tensors (a pickled object, a
-    code payload) is refused by the weights-only unpickler and reported as a WeightError.
+    code payload) is refused by the weights-only unpickler and reported as a WeightError;
+    so are sparse, quantized and float8 tensors, and tensors that declare more elements than
+    their data holds (a stride-0 view would grow without bound when converted).
     """
     import pickle
+    import warnings
     import zipfile
 
     import torch
 
+    from ..core import limits
+
     p = existing_file(path)
     if p.stat().st_size == 0:
         raise WeightError(f"{p}: empty file")
-    errors = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile,
-              KeyError, AttributeError, TypeError, IndexError)
-    try:
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise WeightError(f"{p}: not a PyTorch file (it starts with the bytes {head.hex()}; a .pth/.pt file is a "
+                          "zip archive or, from PyTorch before 1.6, a pickle)")
+    if head.startswith(b"PK"):
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+            with zipfile.ZipFile(p) as z:
+                members = z.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise WeightError(f"{p}: not a readable PyTorch file (a damaged zip archive: {e})") from None
+        packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise WeightError(f"{p}: not a PyTorch file: member {packed[0]!r} is compressed (torch.save stores "
+                              "its members uncompressed)")
+    errors = (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError, TypeError,
+              IndexError, struct.error, UnicodeDecodeError, MemoryError, RecursionError)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightError(f"{p}: refused to load: the file holds more than tensors (the weights-only loader "
-                          f"rejected it: {first[:300]}); it was not executed") from None
+        raise WeightError(f"{p}: refused to load: the file holds more than tensors and plain containers (the "
+                          f"weights-only loader rejected it: {_unpickler_reason(e)}); it was not executed") from None
     except errors as e:
         raise WeightError(f"{p}: not a readable PyTorch state_dict file (truncated or corrupted?): "
-                          f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from None
+                          f"{type(e).__name__}: {_unpickler_reason(e)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise WeightError(f"{p}: not a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        what = type(obj).__name__ if not isinstance(obj, dict) else "a mapping with values that are not tensors"
+        raise WeightError(f"{p}: not a state_dict (a mapping of names to tensors), got {what}")
+    total = 0
+    for k, t in obj.items():
+        where = f"{p}: tensor {k!r}"
+        if t.layout != torch.strided:
+            raise WeightError(f"{where} is {str(t.layout).replace('torch.', '')}; only dense tensors are read")
+        if t.is_quantized:
+            raise WeightError(f"{where} is quantized ({t.dtype}); only float tensors are read")
+        dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _FLOATS + _COUNTERS:
+            raise WeightError(f"{where} has dtype {dtype}; a state_dict's weights are float16, bfloat16, float32 "
+                              "or float64")
+        total += t.numel()
+        limits.get().check("max_params", total, f"the elements {p} declares (up to tensor {k!r})")
+        if t.numel() and t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+            raise WeightError(f"{where} declares {t.numel():,} elements but its data holds "
+                              f"{t.untyped_storage().nbytes() // t.element_size():,} (a strided view of "
+                              "overlapping memory); save the tensor itself")
     out = {}
     for k, t in obj.items():
         t = t.detach()

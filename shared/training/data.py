@@ -13,13 +13,16 @@ input channels. ``augment_batch`` gives the AlexNet paper's random crops and hor
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core import limits
 from ..core.errors import RosettaError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, file_problem
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -45,27 +48,45 @@ class Dataset:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into a numpy array of its own shape and type."""
+    """Read one IDX file (gzipped or not) into a numpy array of its own shape and type.
+
+    The header is read first: its declared size is checked against the limits (``max_data_bytes``
+    for the float32 copy training makes) before the data is read or inflated, and the data must
+    be exactly that size."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        raise RosettaError(f"IDX file {path}: {problem}")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with open(path, "rb") as raw:
+            zipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if zipped else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _IDX_TYPES:
+                raise RosettaError(f"{path} is not an IDX file (magic bytes {head.hex() or 'missing: empty file'}, "
+                                   "expected 0000 + type byte + number of dimensions)")
+            dtype, ndim = np.dtype(_IDX_TYPES[head[2]]), head[3]
+            if not 1 <= ndim <= 4:
+                raise RosettaError(f"{path}: IDX header declares {ndim} dimensions (images have 3, labels 1)")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise RosettaError(f"{path}: IDX header declares {ndim} dimensions but the file ends before them")
+            shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+            count = math.prod(shape)
+            limits.get().check("max_data_bytes", count * 4, f"the float32 size of the data {path} declares "
+                               f"(shape {shape})")
+            expected = count * dtype.itemsize
+            if not zipped and path.stat().st_size != 4 + 4 * ndim + expected:
+                raise RosettaError(f"{path}: IDX header says shape {shape} ({4 + 4 * ndim + expected:,} bytes in all), "
+                                   f"the file has {path.stat().st_size:,} bytes")
+            data = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as e:
         raise RosettaError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
-        raise RosettaError(f"{path} is not an IDX file (magic bytes {raw[:4].hex() or 'missing'}, "
-                           "expected 0000 + type byte + number of dimensions)")
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise RosettaError(f"{path}: IDX header declares {ndim} dimensions but the file has {len(raw)} bytes")
-    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise RosettaError(f"{path}: IDX header says shape {shape} ({expected} bytes in all), "
-                           f"the file has {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if len(data) != expected:
+        raise RosettaError(f"{path}: IDX header says shape {shape} ({expected:,} bytes of data), the "
+                           f"{'inflated ' if zipped else ''}file has {'more' if len(data) > expected else len(data)} "
+                           f"{'' if len(data) > expected else 'bytes'}".rstrip())
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -107,6 +128,8 @@ def _prepare(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
              scale: float, input_shape: tuple[int, int, int]) -> Dataset:
     """[N, H, W] raw pixels -> standardised NCHW at ``input_shape`` (C, H, W)."""
     c, h, w = input_shape
+    limits.get().check("max_data_bytes", (len(x_train) + len(x_test)) * c * h * w * 4,
+                       f"the float32 size of {name} at the model's input {c}x{h}x{w}")
     prepared = []
     for x in (x_train, x_test):
         x = resize(x[:, None].astype(np.float32) / scale, (h, w))
@@ -116,6 +139,28 @@ def _prepare(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(name, x_train.astype(np.float32), y_train.astype(np.int64), x_test.astype(np.float32),
                    y_test.astype(np.int64), num_classes)
+
+
+def check_split(where: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """RosettaError for a split training cannot use: no images, images of size 0, labels that
+    are not non-negative integers, pixels that are not finite."""
+    if len(images) == 0:
+        raise RosettaError(f"{where} has no images")
+    if 0 in images.shape[1:]:
+        raise RosettaError(f"{where} images have size {'x'.join(map(str, images.shape[1:]))}")
+    if labels.dtype.kind not in "iu":
+        raise RosettaError(f"{where} labels are {labels.dtype}, not integers (IDX type 0x08, 0x09, 0x0B or 0x0C)")
+    if labels.min() < 0:
+        raise RosettaError(f"{where} labels include {int(labels.min())}; class labels are 0, 1, 2, ...")
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise RosettaError(f"{where} images hold NaN or infinite pixels")
+
+
+def check_num_classes(data: Dataset, num_classes: int) -> None:
+    """RosettaError unless every label of ``data`` is below ``num_classes``."""
+    if num_classes < data.num_classes:
+        raise RosettaError(f"the labels of {data.name} go up to {data.num_classes - 1} ({data.num_classes} classes) "
+                           f"but the model has num_classes={num_classes}")
 
 
 def load_digits(input_shape: tuple[int, int, int], *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -141,6 +186,7 @@ def load_idx_dir(directory: str | Path, input_shape: tuple[int, int, int]) -> Da
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise RosettaError(f"{directory}: {split} images have shape {images.shape} and labels {labels.shape}; "
                                "expected (N, H, W) images and N labels")
+        check_split(f"{directory}: {split}", images, labels)
     return _prepare(directory.name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                     arrays["test_labels"], 255.0, input_shape)
 

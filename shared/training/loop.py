@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.canonical import save_canonical
-from ..core.errors import RosettaError
+from ..core.errors import FileError, RosettaError
 from ..core.files import atomic_path
 from ..tools import plots
 from . import data as datasets
@@ -53,12 +53,17 @@ def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
         progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> History:
     """Train for ``settings.epochs`` (resuming from ``out``'s checkpoint if there is one),
     with a checkpoint, the weights, the JSON log and the curves written after every epoch."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileError(f"--out {out}: cannot create the directory: {e.strerror}") from None
     done, history = 0, History()
-    if (out / CHECKPOINT).exists():
-        done, history = load_checkpoint(out / CHECKPOINT, trainer, settings)
-        progress(f"resuming from {out / CHECKPOINT} after epoch {done}")
     n = len(data.x_train)
+    if (out / CHECKPOINT).exists() or (out / CHECKPOINT).is_symlink():
+        done, history = load_checkpoint(out / CHECKPOINT, trainer, settings, steps_per_epoch=-(-n // settings.batch))
+        progress(f"resuming from {out / CHECKPOINT} after epoch {done}")
     steps = -(-n // settings.batch)
     for epoch in range(done + 1, settings.epochs + 1):
         order = epoch_order(n, settings.seed, epoch)
@@ -72,8 +77,8 @@ def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
                 x = datasets.augment_batch(x, rng)
             losses.append(trainer.step(x, data.y_train[idx]))
             if not math.isfinite(losses[-1]):
-                raise RosettaError(f"the loss became {losses[-1]} at epoch {epoch}, step {i + 1}: "
-                                   "lower --lr")
+                raise RosettaError(f"the loss became {losses[-1]} at epoch {epoch}, step {i + 1}: training "
+                                   "diverged from finite weights and data; try a lower --lr")
             seen += len(idx)
             if (i + 1) % max(steps // 5, 1) == 0 or i + 1 == steps:
                 rate = seen / (time.perf_counter() - t0)
@@ -119,6 +124,7 @@ def train(model: str, framework: str, data: str, out: str | Path, *, epochs: int
     probe = load_spec(model, overrides)
     dataset = datasets.load(data, probe.input_shape)
     overrides.setdefault("num_classes", dataset.num_classes)
+    datasets.check_num_classes(dataset, overrides["num_classes"])
     spec = load_spec(model, overrides)
     opt = OptimizerConfig(optimizer, lr=lr if lr is not None else DEFAULT_LR[optimizer], weight_decay=weight_decay)
     settings = TrainSettings(model, framework, data, epochs, batch, asdict(opt), augment, overrides, seed)

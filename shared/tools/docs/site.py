@@ -27,6 +27,7 @@ import ast
 import html
 import importlib.util
 import json
+import os
 import posixpath
 import re
 import shutil
@@ -45,7 +46,8 @@ from pygments.lexers import JsonLexer, PythonLexer
 from ...core import layout, ops
 from ...core.analysis import analyze, human
 from ...core.canonical import expected_tensors
-from ...core.errors import RosettaError
+from ...core.errors import FileError, RosettaError
+from ...core.files import TEMP_SUFFIX, remove_stale_temporaries
 from ...core.layout import flatten_inputs
 from ...core.spec import ModelSpec, describe, list_models, load_spec
 
@@ -312,30 +314,83 @@ def extract_all(table: Mapping[str, Any]) -> dict[str, dict[str, list[Snippet]]]
 # parity and benchmark inputs
 
 
+#: parity record fields and the JSON types each must have (``rosetta parity --json``)
+PARITY_SCHEMA: dict[str, tuple[type, ...]] = {
+    "model": (str,), "source": (str,), "target": (str,), "mode": (str,), "device": (str,),
+    "max_abs": (int, float, type(None)), "max_rel": (int, float, type(None)), "tolerance": (int, float),
+    "passed": (bool,), "first_divergence": (str, type(None)), "seconds": (int, float),
+    "outputs": (dict,), "layers": (list, type(None)),
+}
+
+
+def _inside(path: Path, folder: Path, flag: str) -> Path | None:
+    """``path`` if it is a regular file inside ``folder`` after resolving links, else None
+    (a link out of the input folder is never followed: a site copies what it finds there)."""
+    if not path.is_file():
+        return None
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        raise RosettaError(f"{flag}: {path} links outside {folder}; files beside the records must be in that "
+                           "folder (a link out of it is not followed)") from None
+    return path
+
+
+def _png(path: Path | None, flag: str) -> Path | None:
+    if path is not None and path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+        raise RosettaError(f"{flag}: {path} is not a PNG image")
+    return path
+
+
 def _read_output(path: str | Path, flag: str, name: str) -> tuple[Path, Any]:
     """The JSON document at ``path``, or at ``path/name`` when ``path`` is a directory."""
+    from ...core import limits
+    from ...core.files import file_problem
+
     path = Path(path)
     if path.is_dir():
         path = path / name
+    problem = file_problem(path)
+    if problem:
+        raise RosettaError(f"{flag}: {path}: {problem}")
     try:
-        return path, json.loads(path.read_text())
+        limits.get().check("max_json_bytes", path.stat().st_size, f"{flag}: the size of {path}")
+        return path, json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise RosettaError(f"{flag}: cannot read {path}: {e}") from None
+    except RecursionError:
+        raise RosettaError(f"{flag}: {path}: the JSON nests too deeply") from None
+
+
+def check_parity_records(records: Any, where: str) -> list[dict[str, Any]]:
+    """RosettaError unless ``records`` is a list of parity records whose fields have the
+    types ``rosetta parity --json`` writes (``"passed": "false"`` is not a pass)."""
+    if not isinstance(records, list):
+        raise RosettaError(f"{where}: expected a list of records (rosetta parity --json), got {type(records).__name__}")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise RosettaError(f"{where}: record [{i}] is a {type(r).__name__}, not an object")
+        missing = [k for k in PARITY_KEYS if k not in r]
+        if missing:
+            raise RosettaError(f"{where}: record [{i}] lacks {', '.join(missing)}")
+        for key, types in PARITY_SCHEMA.items():
+            if key in r and (not isinstance(r[key], types) or (bool not in types and isinstance(r[key], bool))):
+                names = " or ".join("null" if t is type(None) else {"str": "a string", "bool": "true or false",
+                                                                     "int": "a number", "float": "a number",
+                                                                     "dict": "an object", "list": "a list"}[t.__name__]
+                                    for t in types)
+                raise RosettaError(f"{where}: record [{i}].{key} is {json.dumps(r[key])[:60]}; expected {names}")
+    return records
 
 
 def load_parity(path: str | Path) -> tuple[list[dict[str, Any]], Path | None]:
     """Records of ``rosetta parity --json FILE`` (or ``--out DIR``: pass the DIR or its
     parity.json) and the heat map next to them, if there is one."""
     path, records = _read_output(path, "--parity", "parity.json")
-    if not isinstance(records, list):
-        raise RosettaError(f"--parity: {path}: expected a list of records (rosetta parity --json), "
-                           f"got {type(records).__name__}")
-    for i, r in enumerate(records):
-        missing = [k for k in PARITY_KEYS if not isinstance(r, dict) or k not in r]
-        if missing:
-            raise RosettaError(f"--parity: {path}: record [{i}] lacks {', '.join(missing)}")
-    png = next((p for p in (path.with_suffix(".png"), path.parent / "parity.png") if p.is_file()), None)
-    return records, png
+    records = check_parity_records(records, f"--parity: {path}")
+    png = next((p for p in (path.with_suffix(".png"), path.parent / "parity.png")
+                if _inside(p, path.parent, "--parity")), None)
+    return records, _png(png, "--parity")
 
 
 def load_bench(path: str | Path) -> tuple[dict[str, Any], Path | None, Path | None]:
@@ -349,8 +404,25 @@ def load_bench(path: str | Path) -> tuple[dict[str, Any], Path | None, Path | No
     for key in ("meta", "recommendation"):
         if not isinstance(doc.get(key, {}), dict):
             raise RosettaError(f"--bench: {path}: {key!r} must be an object")
-    png, md = path.with_suffix(".png"), path.with_suffix(".md")
-    return doc, png if png.is_file() else None, md if md.is_file() else None
+    for i, r in enumerate(doc["records"]):
+        if "model" in r and not isinstance(r["model"], str):
+            raise RosettaError(f"--bench: {path}: records[{i}].model must be a string")
+    png = _inside(path.with_suffix(".png"), path.parent, "--bench")
+    md = _inside(path.with_suffix(".md"), path.parent, "--bench")
+    return doc, _png(png, "--bench"), md
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` as an absolute path, or a RosettaError: a file, a directory that holds the
+    current directory, or a non-empty directory that is not an earlier site."""
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RosettaError(f"--out {out}: is the current directory or holds it; give a new directory")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise RosettaError(f"--out {out}: exists and is not a site written by rosetta docs; "
+                           "give a new or empty directory")
+    return resolved
 
 
 # ---------------------------------------------------------------------------
@@ -763,10 +835,7 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
     """
 
     say = progress or (lambda msg: None)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise RosettaError(f"--out {out}: exists and is not a site written by rosetta docs; "
-                           "give a new or empty directory")
+    out = check_out(Path(out))
     table = table if table is not None else load_blocks()
     say("extracting snippets from the source")
     snippets = extract_all(table)
@@ -826,8 +895,12 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
 
 def _write(site: Site, out: Path) -> None:
     """Write every page and file into a temporary directory beside ``out``, then swap it in."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.parent)  # what a killed run left (.NAME.PID-RANDOM.rosetta-tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=out.parent))
+    except OSError as e:
+        raise FileError(f"--out {out}: cannot write in {out.parent}: {e.strerror}") from None
     try:
         for rel_path, text in site.pages.items():
             target = tmp / rel_path
@@ -843,12 +916,14 @@ def _write(site: Site, out: Path) -> None:
         tmp.chmod(0o755)
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
+            old = out.with_name(f".{out.name}.{os.getpid()}-old{TEMP_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
         tmp.rename(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise FileError(f"--out {out}: cannot write: {e.strerror}") from None
         raise

@@ -11,7 +11,10 @@ Layout (format version 1):
   NHWC permute the rows on import and export: ``core/layout.py``);
 * dtype float32, little-endian (safetensors);
 * metadata: ``format`` = ``rosetta-canonical``, ``format_version``, ``model``, ``overrides``
-  (JSON), ``spec_hash`` (sha256 of the resolved spec) and ``framework`` (who wrote it).
+  (JSON), ``spec_hash`` (sha256 of the resolved spec) and ``framework`` (who wrote it);
+  optionally (:data:`OPTIONAL_METADATA`) ``preprocess``, the input pipeline the weights
+  expect (a JSON object, ``images/preprocess.py``), and ``classes``, the class names (a JSON
+  list) of a model trained on a folder of class folders.
 
 Reading never unpickles anything, and writing is atomic (temporary file, fsync, rename).
 """
@@ -32,6 +35,8 @@ from .spec import ModelSpec, load_spec
 
 FORMAT = "rosetta-canonical"
 FORMAT_VERSION = "1"
+#: metadata keys a canonical file may add (format version 1 readers ignore keys they do not use)
+OPTIONAL_METADATA = ("preprocess", "classes")
 
 
 def expected_tensors(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -112,7 +117,11 @@ def random_canonical(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 # files
 
 
-def metadata_for(spec: ModelSpec, framework: str) -> dict[str, str]:
+def metadata_for(spec: ModelSpec, framework: str, **optional: str | None) -> dict[str, str]:
+    """The metadata of a canonical file; ``optional`` sets :data:`OPTIONAL_METADATA` keys (None: left out)."""
+    unknown = set(optional) - set(OPTIONAL_METADATA)
+    if unknown:
+        raise ValueError(f"unknown canonical metadata key(s) {sorted(unknown)}; optional keys: {OPTIONAL_METADATA}")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,18 +129,20 @@ def metadata_for(spec: ModelSpec, framework: str) -> dict[str, str]:
         "overrides": json.dumps(dict(spec.overrides), sort_keys=True),
         "spec_hash": spec.hash(),
         "framework": framework,
+        **{k: v for k, v in optional.items() if v is not None},
     }
 
 
 def save_canonical(path: str | os.PathLike, spec: ModelSpec, tensors: Mapping[str, np.ndarray],
-                   *, framework: str = "unknown") -> None:
-    """Check ``tensors`` against ``spec`` and write them atomically as canonical safetensors."""
+                   *, framework: str = "unknown", **optional: str | None) -> None:
+    """Check ``tensors`` against ``spec`` and write them atomically as canonical safetensors
+    (``optional``: :data:`OPTIONAL_METADATA` values, e.g. ``preprocess=prep.to_json()``)."""
     from safetensors.numpy import save_file
 
     check_tensors(spec, tensors, source="tensors to save")
     data = {k: np.ascontiguousarray(tensors[k], dtype=np.float32) for k in expected_tensors(spec)}
     with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=metadata_for(spec, framework))
+        save_file(data, str(tmp), metadata=metadata_for(spec, framework, **optional))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -38,7 +38,8 @@ for crop, resize in sizes:
     t = (torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms() if crop == 224
          else ImageClassification(crop_size=crop, resize_size=resize))
     refs[str(crop)] = np.stack([t(pil_loader(p)).numpy() for p in paths])
-np.savez(out, **refs)
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+np.savez(out, categories=np.array(_IMAGENET_CATEGORIES), **refs)
 """
 
 
@@ -64,7 +65,7 @@ def torchvision_refs(gallery, tmp_path_factory):
                            str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as refs:
-        return {int(k): refs[k] for k in refs.files}
+        return {k if k == "categories" else int(k): refs[k] for k in refs.files}
 
 
 @pytest.mark.parametrize("crop", [224, 96])
@@ -172,3 +173,10 @@ def test_an_image_smaller_than_the_crop_is_an_error():
         preprocess.crop_box(150, 100, (224, 224), source="x.png")
     img = make_image("RGB", (40, 30))
     assert preprocess.preprocess_image(img, prep).shape == (3, 224, 224)  # resizing makes any image big enough
+
+
+def test_shipped_imagenet_classes_are_torchvision_s(torchvision_refs):
+    """imagenet_classes.json (read without torchvision) is torchvision's _IMAGENET_CATEGORIES."""
+    from rosetta_cnn.images.classes import imagenet_classes
+
+    assert list(imagenet_classes()) == torchvision_refs["categories"].tolist()

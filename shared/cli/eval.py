@@ -23,7 +23,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..images.evaluate import evaluate, plot_confusion
     from ..images.folders import open_source
     from ..images.preprocess import recorded, resolve
-    from ..images.testtime import TestTime
+    from ..images.testtime import TTA
 
     spec = spec_from_file(args.weights)
     if args.model and spec.name != args.model:
@@ -31,7 +31,7 @@ def run_eval(args: argparse.Namespace) -> int:
     spec, tensors = load_canonical(args.weights, spec)
     meta = read_metadata(args.weights)
     prep = resolve(args.preprocess, recorded(meta, source=args.weights), spec.input_shape, source=args.weights)
-    tt = TestTime(args.crops, flip=args.flip, rotate=args.rotate, scales=tuple(args.scales or ()),
+    tt = TTA(args.crops, flip=args.flip, rotate=args.rotate, scales=tuple(args.scales or ()),
                   crop_from=args.crop_from)
     names = class_names(spec.params["num_classes"], labels=read_labels(args.labels) if args.labels else None,
                         recorded=recorded_classes(meta, source=args.weights), source=f"--labels {args.labels}")

@@ -20,7 +20,7 @@ import numpy as np
 from ..core.errors import RosettaError
 from .files import ImageError
 from .preprocess import Preprocessing
-from .testtime import Runner, TestTime, check_dense
+from .testtime import TTA, Runner, check_dense
 
 ON_ERROR = ("stop", "skip")
 
@@ -113,7 +113,7 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def evaluate(source: Any, framework: str, spec: Any, tensors: Any, prep: Preprocessing, tt: TestTime, *,
+def evaluate(source: Any, framework: str, spec: Any, tensors: Any, prep: Preprocessing, tt: TTA, *,
              model_classes: Sequence[str], batch: int = 32, on_error: str = "stop", limit: int | None = None,
              progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
              bar_stream: Any = None) -> Result:

@@ -36,8 +36,9 @@ from ..core.errors import RosettaError
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "PPM", "GIF", "TIFF")
 #: file endings of images in a folder (torchvision's IMG_EXTENSIONS, plus .gif)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff")
-#: the most pixels an image may declare (Pillow's own decompression-bomb limit, 2 x 89.5 MP)
-MAX_PIXELS = 178_956_970
+#: the most pixels an image may declare: Pillow's decompression-bomb warning threshold (89.5 MP, e.g. 12000 x
+#: 7450), checked before anything is decoded; a larger photo must be downscaled first
+MAX_PIXELS = 89_478_485
 #: modes Pillow's ``convert`` turns into RGB / L as torchvision's and Keras' loaders do
 CONVERTED = ("RGB", "L", "RGBA", "RGBa", "RGBX", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV")
 #: 16-bit (and 32-bit integer) grayscale modes, scaled to 8 bits
@@ -91,7 +92,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
         raise ImageError(f"{p}: empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is checked below
             with Image.open(p, formats=FORMATS) as img:
                 w, h = img.size
                 if w < 1 or h < 1 or w * h > MAX_PIXELS:
@@ -103,8 +104,10 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
         raise
     except Image.UnidentifiedImageError:
         raise ImageError(f"{p}: not an image file Pillow can read as {', '.join(FORMATS)}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{p}: refused: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError, IndexError, TypeError,
-            ZeroDivisionError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            ZeroDivisionError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ImageError(f"{p}: cannot decode the image (truncated or corrupted?): {first}") from None
 

@@ -36,7 +36,7 @@ FCN_CACHE = 8
 
 
 @dataclass(frozen=True)
-class TestTime:
+class TTA:
     """Which views of each image are scored, and averaged."""
 
     crops: str = "center"
@@ -75,7 +75,7 @@ class TestTime:
         return base * (2 if self.flip and self.crops != "ten-crop" else 1) * (4 if self.rotate else 1)
 
 
-def views(img: Any, prep: Preprocessing, tt: TestTime, source: str = "image") -> list[np.ndarray]:
+def views(img: Any, prep: Preprocessing, tt: TTA, source: str = "image") -> list[np.ndarray]:
     """The (C, h, w) float32 inputs of one image (PIL image or float (H, W, C) array) under ``tt``."""
     arrays: list[np.ndarray] = []
     if tt.crops == "center":
@@ -162,7 +162,7 @@ class Runner:
                     out[i] = row
         return np.stack(out)  # type: ignore[arg-type]
 
-    def scores(self, images: Sequence[Any], prep: Preprocessing, tt: TestTime,
+    def scores(self, images: Sequence[Any], prep: Preprocessing, tt: TTA,
                sources: Sequence[str] | None = None) -> np.ndarray:
         """Class posteriors (N, K) of ``images``: the softmax of each view, averaged per image."""
         per_image = [views(img, prep, tt, sources[i] if sources else "image") for i, img in enumerate(images)]

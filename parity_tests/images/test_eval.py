@@ -128,7 +128,7 @@ def test_digits_eval_reproduces_the_training_run_s_accuracy(digits_run, tmp_path
     for fw in AVAILABLE:
         js = tmp_path / f"{fw}.json"
         assert main(["eval", "--weights", str(digits_run / WEIGHTS), "--framework", fw, "--data", "digits",
-                     "--json", str(js), "--batch", "128"]) == 0
+                     "--json", str(js), "--batch", "64"]) == 0  # the training loop's batches
         outs[fw] = json.loads(js.read_text())
     # the same images, preprocessing and model as the training loop's test pass: the same accuracy
     assert outs["torch"]["top1"] == log["epochs"][-1]["test_accuracy"]

@@ -38,6 +38,10 @@ for crop, resize in sizes:
     t = (torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms() if crop == 224
          else ImageClassification(crop_size=crop, resize_size=resize))
     refs[str(crop)] = np.stack([t(pil_loader(p)).numpy() for p in paths])
+# torchvision's tensor path (decode_image + the same transforms on uint8 tensors), for the record
+from torchvision.io import ImageReadMode, decode_image
+t = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()
+refs["tensor"] = np.stack([t(decode_image(p, mode=ImageReadMode.RGB)).numpy() for p in paths])
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 np.savez(out, categories=np.array(_IMAGENET_CATEGORIES), **refs)
 """
@@ -65,7 +69,7 @@ def torchvision_refs(gallery, tmp_path_factory):
                            str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as refs:
-        return {k if k == "categories" else int(k): refs[k] for k in refs.files}
+        return {int(k) if k.isdigit() else k: refs[k] for k in refs.files}
 
 
 @pytest.mark.parametrize("crop", [224, 96])
@@ -79,6 +83,17 @@ def test_torchvision_pipeline_is_exact(gallery, torchvision_refs, crop, capsys):
     with capsys.disabled():
         print(f"\ntorchvision {crop}: max |ours - Weights.transforms()| over {len(GALLERY)} images = {worst:.3g}")
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_torchvision_s_tensor_path_is_one_level_away(gallery, torchvision_refs, capsys):
+    """torchvision's tensor path (``decode_image`` + the same transforms) resizes uint8 tensors
+    with its own rounding: at most one 8-bit level (1 / 255 / 0.224 = 0.0175) from the Pillow
+    path the weights' documentation uses, and from ours."""
+    ours = load_batch(list(gallery.values()), named("torchvision", (3, 224, 224)))
+    d = np.abs(ours - torchvision_refs["tensor"])
+    with capsys.disabled():
+        print(f"\ntorchvision tensor path: max |ours - decode_image + transforms()| = {d.max():.4f}, mean {d.mean():.2e}")
+    assert 0 < d.max() <= 1 / 255 / min(preprocess.IMAGENET_STD) + 1e-6
 
 
 def test_a_wrong_resize_would_be_caught(gallery, torchvision_refs):

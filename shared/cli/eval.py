@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the preprocessing's resize, e.g. 256 for a 224 crop)")
     s.add_argument("--flip", action="store_true", help="also score each view's horizontal mirror")
     s.add_argument("--rotate", action="store_true", help="also score each view rotated by 90, 180 and 270 degrees")
-    s.add_argument("--batch", type=int, default=32, metavar="B", help="images per forward pass")
+    s.add_argument("--batch", type=int, default=32, metavar="B",
+                   help="views per forward pass (default 32; larger dense views go fewer at a time)")
     s.add_argument("--limit", type=int, metavar="N", help="only the first N images")
     s.add_argument("--on-error", choices=ON_ERROR, default="stop",
                    help="an unreadable image stops the run (default) or is reported and skipped")

@@ -128,14 +128,15 @@ def evaluate(source: Any, framework: str, spec: Any, tensors: Any, prep: Preproc
     mapping = class_map(source.classes, model_classes, num_classes,
                         where=str(getattr(source, "root", getattr(source, "name", "data"))))
     n = len(source) if limit is None else min(limit, len(source))
-    runner = Runner(framework, spec, tensors, batch=max(batch, tt.views_per_image()))
+    runner = Runner(framework, spec, tensors, batch=batch)
+    chunk = max(1, batch // tt.views_per_image())  # images read at once: about `batch` views
     progress(f"evaluating {spec.name} in {framework} on {n} images: {tt.describe(prep)}; {prep.describe()}")
     bar = Progress(n, f"{spec.name} {framework}", bar_stream)
     probs, kept, skipped = [], [], []
     t0 = time.perf_counter()
-    for start in range(0, n, batch):
+    for start in range(0, n, chunk):
         images, names, idx = [], [], []
-        for i in range(start, min(start + batch, n)):
+        for i in range(start, min(start + chunk, n)):
             try:
                 images.append(source.load(i, prep.mode))
             except ImageError as e:
@@ -149,7 +150,7 @@ def evaluate(source: Any, framework: str, spec: Any, tensors: Any, prep: Preproc
         if images:
             probs.append(runner.scores(images, prep, tt, names))
             kept += idx
-        bar.update(min(start + batch, n))
+        bar.update(min(start + chunk, n))
     seconds = time.perf_counter() - t0
     if not kept:
         raise RosettaError(f"no image could be scored ({len(skipped)} skipped)")

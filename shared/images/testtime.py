@@ -146,15 +146,18 @@ class Runner:
 
     def logits(self, xs: Sequence[np.ndarray], dense: bool = False) -> np.ndarray:
         """Class scores (N, K) of views (each (C, h, w)): dense views' score maps averaged over
-        positions. Views of equal shape run together, ``batch`` at a time."""
+        positions. Views of equal shape run together, ``batch`` at a time (fewer when they are
+        larger than the model's input: the same number of pixels)."""
         out: list[np.ndarray | None] = [None] * len(xs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(xs):
             groups.setdefault(x.shape, []).append(i)
+        area = self.spec.input_shape[1] * self.spec.input_shape[2]
         for shape, members in groups.items():
             model = self._model_for(shape, dense)
-            for start in range(0, len(members), self.batch):
-                chunk = members[start:start + self.batch]
+            step = max(1, self.batch * area // (shape[1] * shape[2]))  # larger views, fewer at once
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
                 y = self.port.forward(model, np.stack([xs[i] for i in chunk]), train=False)["logits"]
                 if y.ndim == 4:
                     y = y.mean(axis=(2, 3))  # the class score map, averaged over positions

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and flip (the paper: 256 512 for 224)")
     s.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
     s.add_argument("--set", action="append", default=[], metavar="key=value",
-                   help="override a spec parameter (default: in_channels=1, the smallest input_size, "
-                        "num_classes of the data)")
+                   help="override a spec parameter (default: num_classes of the data; digits and IDX: "
+                        "in_channels=1 and the smallest input_size; image folders: 3 channels, the spec's input_size)")
     s.add_argument("--out", required=True, metavar="DIR")
     s.set_defaults(func=run_train)

@@ -39,6 +39,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if spec.name != args.model:
         raise RosettaError(f"{args.weights} holds weights of {spec.name!r}, not {args.model!r}")
     spec, tensors = load_canonical(args.weights, spec)
+    if args.output is None and args.top < 1:
+        raise RosettaError(f"--top must be at least 1, got {args.top}")
     prep, names = None, None
     if args.image:
         from ..images.preprocess import load_batch
@@ -104,8 +106,6 @@ def _print_top(args: argparse.Namespace, logits: Any, names: list[str], prep: An
 
     from ..images.classes import softmax, top_k
 
-    if args.top < 1:
-        raise RosettaError(f"--top must be at least 1, got {args.top}")
     if logits.ndim != 2 or logits.shape[1] != len(names):
         raise RosettaError(f"the model's output has shape {logits.shape}; top-K needs (N, classes)")
     items = args.image or [f"{args.input}[{i}]" for i in range(len(logits))]

@@ -2,8 +2,10 @@
 (the Pillow path, run in a child interpreter) and Keras' ``load_img`` + ``vgg16.preprocess_input``,
 on image files of odd sizes and modes; the explicit mode conversions; the recorded metadata.
 
-Measured (2026-12-01, Pillow 13.0, torchvision 0.29.1, Keras 3.15): the largest difference
-over the 12 gallery images is 0 against torchvision (224 and 96 crops) and 0 against Keras."""
+Measured (2026-12-01, Pillow 13.0, torchvision 0.29.1, Keras 3.15; ``pytest -s`` prints them): the
+largest difference over the 12 gallery images is 0 against torchvision (224 and 96 crops) and 0
+against Keras; 0.0175 (one 8-bit level) against torchvision's tensor path; 4.34 against
+torchvision's clipping loader on the 16-bit PNG."""
 from __future__ import annotations
 
 import importlib.util
@@ -42,6 +44,7 @@ for crop, resize in sizes:
 from torchvision.io import ImageReadMode, decode_image
 t = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()
 refs["tensor"] = np.stack([t(decode_image(p, mode=ImageReadMode.RGB)).numpy() for p in paths])
+refs["clipped16"] = t(pil_loader(sys.argv[4])).numpy()  # a 16-bit PNG as torchvision's loader reads it
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 np.savez(out, categories=np.array(_IMAGENET_CATEGORIES), **refs)
 """
@@ -66,7 +69,7 @@ def torchvision_refs(gallery, tmp_path_factory):
     paths = _reference_paths(gallery, tmp)
     out = tmp / "refs.npz"
     done = subprocess.run([sys.executable, "-c", TORCHVISION, json.dumps(paths), json.dumps([[224, 256], [96, 109]]),
-                           str(out)], capture_output=True, text=True, timeout=300)
+                           str(out), str(gallery["png16.png"])], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as refs:
         return {int(k) if k.isdigit() else k: refs[k] for k in refs.files}
@@ -94,6 +97,16 @@ def test_torchvision_s_tensor_path_is_one_level_away(gallery, torchvision_refs, 
     with capsys.disabled():
         print(f"\ntorchvision tensor path: max |ours - decode_image + transforms()| = {d.max():.4f}, mean {d.mean():.2e}")
     assert 0 < d.max() <= 1 / 255 / min(preprocess.IMAGENET_STD) + 1e-6
+
+
+def test_sixteen_bit_png_differs_from_torchvision_s_clipping_loader(gallery, torchvision_refs, capsys):
+    """torchvision's ``pil_loader`` (``convert("RGB")``) clips 16-bit values above 255 to white;
+    we scale them to 8 bits. The difference, for the record (docs/images.md)."""
+    ours = load_batch([gallery["png16.png"]], named("torchvision", (3, 224, 224)))[0]
+    d = np.abs(ours - torchvision_refs["clipped16"])
+    with capsys.disabled():
+        print(f"\n16-bit PNG: max |ours - pil_loader (clipped)| = {d.max():.2f}, mean {d.mean():.2f}")
+    assert d.max() > 1
 
 
 def test_a_wrong_resize_would_be_caught(gallery, torchvision_refs):

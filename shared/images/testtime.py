@@ -71,7 +71,7 @@ class TTA:
         return what + (" + " + " + ".join(extras) if extras else "")
 
     def views_per_image(self) -> int:
-        base = {"center": 1, "ten-crop": 10, "dense": max(len(self.scales), 3)}[self.crops]
+        base = {"center": 1, "ten-crop": 10, "dense": len(self.scales) or 3}[self.crops]
         return base * (2 if self.flip and self.crops != "ten-crop" else 1) * (4 if self.rotate else 1)
 
 

@@ -1,6 +1,6 @@
 """The ``rosetta`` command: the parser, the command modules, and one-line errors.
 
-    rosetta list | summary | parity | init | predict | convert | train | bench | docs
+    rosetta list | summary | parity | init | predict | convert | eval | train | bench | docs
 
 Each command module (``cli/<group>.py``) adds its sub-commands with ``register(sub)``; the
 work itself is done by library functions. :func:`main` is the one error path: every failure
@@ -23,7 +23,7 @@ from ..core import limits
 from ..core.errors import Interrupted, RosettaError, SpecError
 
 #: the command modules, in the order their commands appear in ``rosetta --help``
-COMMAND_MODULES: tuple[str, ...] = ("models", "parity", "weights", "train", "bench", "docs")
+COMMAND_MODULES: tuple[str, ...] = ("models", "parity", "weights", "eval", "train", "bench", "docs")
 
 
 def parse_input(text: str, parts: int) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..images.augment import PCA_STD
 from ..training.trainer import OPTIMIZERS
 from .main import label_arg, label_help, run_as
 
@@ -17,7 +18,8 @@ def run_train(args: argparse.Namespace) -> int:
         return elsewhere
     spec, history = train(args.model, args.framework, args.data, args.out, epochs=args.epochs, batch=args.batch,
                           optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,
-                          seed=args.seed, overrides=parse_overrides(args.set))
+                          seed=args.seed, overrides=parse_overrides(args.set), preprocess=args.preprocess,
+                          pca_std=args.pca_noise, scale_jitter=args.scale_jitter)
     last = history.epochs[-1]
     out = Path(args.out)
     print(f"{spec.name} {args.framework}: test accuracy {100 * last['test_accuracy']:.2f}% after "
@@ -26,14 +28,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("train", help="train a model on digits or MNIST-style IDX files",
-                       description="Train MODEL on scikit-learn's digits or a directory of MNIST / Fashion-MNIST "
-                       "IDX files. Writes OUT/checkpoint.safetensors (resumed automatically), "
+    s = sub.add_parser("train", help="train a model on digits, MNIST-style IDX files or a folder of class folders",
+                       description="Train MODEL on scikit-learn's digits, a directory of MNIST / Fashion-MNIST "
+                       "IDX files or a folder of class folders (DIR/<class>/<image>, or DIR/train and DIR/val). "
+                       "Writes OUT/checkpoint.safetensors (resumed automatically), "
                        "OUT/model.safetensors, OUT/log.json and OUT/curves.png after every epoch.")
     s.add_argument("model")
     s.add_argument("--framework", required=True, type=label_arg, metavar="LABEL", help=label_help())
     s.add_argument("--data", required=True, metavar="digits|PATH",
-                   help="'digits' or a directory with train-/t10k- images and labels IDX files (.gz or not)")
+                   help="'digits', a directory with train-/t10k- images and labels IDX files (.gz or not), or a "
+                        "folder of class folders (DIR/train and DIR/val if present, else 20%% of each class held out)")
     s.add_argument("--epochs", type=int, default=10, metavar="N")
     s.add_argument("--batch", type=int, default=64, metavar="B")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 for sgd, 1e-3 for adam)")
@@ -41,9 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sgd (momentum 0.9), adam or adamw")
     s.add_argument("--weight-decay", type=float, default=5e-4, help="coupled L2 (sgd, adam) or decoupled (adamw)")
     s.add_argument("--augment", action="store_true", help="the AlexNet paper's random crops and horizontal flips")
+    s.add_argument("--preprocess", metavar="NAME",
+                   help="image folders: the input pipeline (torchvision, the default, or caffe); recorded in the "
+                        "weight file")
+    s.add_argument("--pca-noise", type=float, nargs="?", const=PCA_STD, default=0.0, metavar="SIGMA",
+                   help=f"AlexNet's PCA colour augmentation, alpha ~ N(0, SIGMA^2) (default SIGMA {PCA_STD})")
+    s.add_argument("--scale-jitter", type=int, nargs=2, metavar=("S_MIN", "S_MAX"),
+                   help="VGG's scale jittering: the shorter side resized to S in [S_MIN, S_MAX], then a random crop "
+                        "and flip (the paper: 256 512 for 224)")
     s.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
     s.add_argument("--set", action="append", default=[], metavar="key=value",
-                   help="override a spec parameter (default: in_channels=1, the smallest input_size, "
-                        "num_classes of the data)")
+                   help="override a spec parameter (default: num_classes of the data; digits and IDX: "
+                        "in_channels=1 and the smallest input_size; image folders: 3 channels, the spec's input_size)")
     s.add_argument("--out", required=True, metavar="DIR")
     s.set_defaults(func=run_train)

@@ -13,9 +13,11 @@ Layout (format version 1):
 * metadata: ``format`` = ``rosetta-canonical``, ``format_version``, ``model``, ``overrides``
   (JSON), ``spec_hash`` (sha256 of the resolved spec), ``framework`` (who wrote it),
   ``sha256`` (of the header without it and of the tensor data, so that a flipped byte is
-  found) and, for a
-  model from a user's own spec file, ``spec`` (that spec document, compact JSON) and
-  ``spec_file`` (its file name, for messages).
+  found), for a model from a user's own spec file ``spec`` (that spec document, compact JSON)
+  and ``spec_file`` (its file name, for messages), and optionally (:data:`OPTIONAL_METADATA`)
+  ``preprocess``, the input pipeline the weights expect (a JSON object,
+  ``images/preprocess.py``), and ``classes``, the class names (a JSON list) of a model trained
+  on a folder of class folders.
 
 Reading never unpickles anything and never follows a path named inside the file: the model
 comes from the bundled specs or from the spec embedded in the file, and ``spec_hash`` is
@@ -43,6 +45,8 @@ from .spec import ModelSpec, is_bundled, is_file_reference, list_models, load_sp
 
 FORMAT = "rosetta-canonical"
 FORMAT_VERSION = "1"
+#: metadata keys a canonical file may add (format version 1 readers ignore keys they do not use)
+OPTIONAL_METADATA = ("preprocess", "classes")
 
 
 def expected_tensors(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -313,8 +317,12 @@ def check_finite(tensors: Mapping[str, Any], *, source: str, allow: bool = False
 # canonical files
 
 
-def metadata_for(spec: ModelSpec, framework: str) -> dict[str, str]:
-    """The metadata of a canonical file of ``spec`` (a user's own spec is embedded)."""
+def metadata_for(spec: ModelSpec, framework: str, **optional: str | None) -> dict[str, str]:
+    """The metadata of a canonical file of ``spec`` (a user's own spec is embedded); ``optional``
+    sets :data:`OPTIONAL_METADATA` keys (None: left out)."""
+    unknown = set(optional) - set(OPTIONAL_METADATA)
+    if unknown:
+        raise ValueError(f"unknown canonical metadata key(s) {sorted(unknown)}; optional keys: {OPTIONAL_METADATA}")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -322,6 +330,7 @@ def metadata_for(spec: ModelSpec, framework: str) -> dict[str, str]:
         "overrides": json.dumps(dict(spec.overrides), sort_keys=True),
         "spec_hash": spec.hash(),
         "framework": framework,
+        **{k: v for k, v in optional.items() if v is not None},
     }
     if not is_bundled(spec):
         if not spec.document:
@@ -333,11 +342,12 @@ def metadata_for(spec: ModelSpec, framework: str) -> dict[str, str]:
 
 
 def save_canonical(path: str | os.PathLike, spec: ModelSpec, tensors: Mapping[str, np.ndarray],
-                   *, framework: str = "unknown") -> None:
-    """Check ``tensors`` against ``spec`` and write them atomically as canonical safetensors."""
+                   *, framework: str = "unknown", **optional: str | None) -> None:
+    """Check ``tensors`` against ``spec`` and write them atomically as canonical safetensors
+    (``optional``: :data:`OPTIONAL_METADATA` values, e.g. ``preprocess=prep.to_json()``)."""
     check_tensors(spec, tensors, source="tensors to save")
     data = {k: np.ascontiguousarray(tensors[k], dtype=np.float32) for k in expected_tensors(spec)}
-    write_safetensors(path, data, metadata_for(spec, framework))
+    write_safetensors(path, data, metadata_for(spec, framework, **optional))
 
 
 def check_format(path: str | os.PathLike, meta: Mapping[str, str]) -> None:

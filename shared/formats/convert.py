@@ -23,6 +23,10 @@ torchvision and keras.applications files name their model by their tensor names 
 class count by their last layer); the ports' own files need ``--model``. ``--set`` sets spec
 overrides a file cannot hold, e.g. ``--set transform_input=true`` for torchvision's
 pretrained GoogLeNet. No framework is imported until a command runs.
+
+A canonical target records the preprocessing the weights expect (``images/preprocess.py``):
+``torchvision`` from a torchvision file, ``caffe`` from a keras.applications file, the
+source's own record from a canonical file, none from a port's own format.
 """
 from __future__ import annotations
 
@@ -167,14 +171,16 @@ def _guess_native(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return model, overrides
 
 
-def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source: str = "unknown") -> None:
-    """Write canonical ``tensors`` of ``spec`` to ``path`` in format ``fmt`` (atomically)."""
+def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source: str = "unknown",
+          metadata: Mapping[str, str | None] | None = None) -> None:
+    """Write canonical ``tensors`` of ``spec`` to ``path`` in format ``fmt`` (atomically);
+    ``metadata``: optional canonical metadata (``preprocess``, ``classes``) a canonical target records."""
     check_ending(path, fmt)
     if ka.is_headless(spec) and fmt != "keras-applications":
         raise RosettaError(f"the source holds only {spec.name}'s convolutional features (keras.applications "
                            "include_top=False); only keras-applications can hold that")
     if fmt == "canonical":
-        save_canonical(path, spec, tensors, framework=source)
+        save_canonical(path, spec, tensors, framework=source, **dict(metadata or {}))
     elif fmt == "torchvision":
         tv.write_torchvision(path, spec, tensors)
     elif fmt == "keras-applications":
@@ -204,6 +210,28 @@ def convert(src: str, dst: str, *, model: str | None = None, src_format: str | N
     _say(f"reading {src} ({fmt_in})")
     spec, tensors = read(src, fmt_in, model, sets, allow_nonfinite=allow_nonfinite)
     _say(f"  {spec.name}: {len(tensors)} tensors ({time.perf_counter() - t0:.1f} s); writing {dst} ({fmt_out})")
-    write(dst, fmt_out, spec, tensors, source=fmt_in)
+    write(dst, fmt_out, spec, tensors, source=fmt_in, metadata=origin_metadata(src, fmt_in, spec))
     _say(f"  done in {time.perf_counter() - t0:.1f} s")
     return spec, fmt_in, fmt_out
+
+
+def origin_metadata(src: str, fmt: str, spec: Any) -> dict[str, str | None]:
+    """The optional canonical metadata a conversion from ``src`` (format ``fmt``) carries: the
+    preprocessing the origin's weights were trained with (torchvision, keras.applications),
+    or a canonical source's own records."""
+    from ..core.canonical import OPTIONAL_METADATA, read_metadata
+    from ..images import preprocess
+
+    if fmt == "canonical":
+        meta = read_metadata(src)
+        return {key: meta.get(key) for key in OPTIONAL_METADATA}
+    if fmt not in preprocess.ORIGIN or ka.is_headless(spec):
+        return {}
+    if spec.family == "googlenet" and fmt == "torchvision" and not spec.params.get("transform_input"):
+        _say("  note: torchvision's pretrained GoogLeNet expects transform_input=true (--set transform_input=true); "
+             "weights trained with transform_input=false need nothing")
+    try:
+        return {"preprocess": preprocess.named(preprocess.ORIGIN[fmt], spec.input_shape).to_json()}
+    except RosettaError as e:
+        _say(f"  note: no preprocessing recorded ({e})")
+        return {}

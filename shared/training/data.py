@@ -45,6 +45,9 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    #: the standardisation applied, ``(x / scale - mean) / std`` (recorded as the ``train`` preprocessing)
+    mean: float = 0.0
+    std: float = 1.0
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -138,7 +141,7 @@ def _prepare(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     x_train, x_test = ((x - mean) / std for x in prepared)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(name, x_train.astype(np.float32), y_train.astype(np.int64), x_test.astype(np.float32),
-                   y_test.astype(np.int64), num_classes)
+                   y_test.astype(np.int64), num_classes, mean, std)
 
 
 def check_split(where: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -163,20 +166,21 @@ def check_num_classes(data: Dataset, num_classes: int) -> None:
                            f"but the model has num_classes={num_classes}")
 
 
-def load_digits(input_shape: tuple[int, int, int], *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's digits (8x8, values 0-16), split with a fixed seed, resized to ``input_shape``."""
+def digits_split(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[str, np.ndarray, np.ndarray, np.ndarray,
+                                                                        np.ndarray, float]:
+    """scikit-learn's digits as raw (name, x_train, y_train, x_test, y_test, pixel scale): 8x8
+    images with values 0-16, split with a fixed seed."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
     order = np.random.default_rng(seed).permutation(len(digits.target))
     n_test = int(round(len(order) * test_fraction))
     test, train = order[:n_test], order[n_test:]
-    return _prepare("digits", digits.images[train], digits.target[train], digits.images[test],
-                    digits.target[test], 16.0, input_shape)
+    return "digits", digits.images[train], digits.target[train], digits.images[test], digits.target[test], 16.0
 
 
-def load_idx_dir(directory: str | Path, input_shape: tuple[int, int, int]) -> Dataset:
-    """MNIST / Fashion-MNIST style IDX files from ``directory``, resized to ``input_shape``."""
+def idx_split(directory: str | Path) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """An IDX directory as raw (name, x_train, y_train, x_test, y_test, pixel scale 255)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RosettaError(f"--data {directory}: not 'digits' and not a directory of IDX files")
@@ -187,8 +191,24 @@ def load_idx_dir(directory: str | Path, input_shape: tuple[int, int, int]) -> Da
             raise RosettaError(f"{directory}: {split} images have shape {images.shape} and labels {labels.shape}; "
                                "expected (N, H, W) images and N labels")
         check_split(f"{directory}: {split}", images, labels)
-    return _prepare(directory.name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                    arrays["test_labels"], 255.0, input_shape)
+    return (directory.name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+            arrays["test_labels"], 255.0)
+
+
+def load_digits(input_shape: tuple[int, int, int], *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's digits (8x8, values 0-16), split with a fixed seed, resized to ``input_shape``."""
+    return _prepare(*digits_split(test_fraction=test_fraction, seed=seed), input_shape)
+
+
+def load_idx_dir(directory: str | Path, input_shape: tuple[int, int, int]) -> Dataset:
+    """MNIST / Fashion-MNIST style IDX files from ``directory``, resized to ``input_shape``."""
+    return _prepare(*idx_split(directory), input_shape)
+
+
+def is_idx_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` holds IDX files (any of :data:`IDX_FILES`, gzipped or not)."""
+    d = Path(directory)
+    return any((d / stem).is_file() or (d / f"{stem}.gz").is_file() for stem in IDX_FILES.values())
 
 
 def load(data: str, input_shape: tuple[int, int, int]) -> Dataset:

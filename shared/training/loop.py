@@ -50,9 +50,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
-        progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> History:
+        progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True), *,
+        batches: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        metadata: dict[str, str | None] | None = None) -> History:
     """Train for ``settings.epochs`` (resuming from ``out``'s checkpoint if there is one),
-    with a checkpoint, the weights, the JSON log and the curves written after every epoch."""
+    with a checkpoint, the weights, the JSON log and the curves written after every epoch.
+    ``batches(idx, rng)`` makes a training batch (``images.augment.TrainBatches``; default:
+    ``data.x_train[idx]``, with ``augment_batch`` under ``settings.augment``); ``metadata``
+    adds optional canonical metadata (``preprocess``, ``classes``) to the weight file."""
     if out.exists() and not out.is_dir():
         raise FileError(f"--out {out}: exists and is not a directory")
     try:
@@ -72,9 +77,12 @@ def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
         t0, seen, losses = time.perf_counter(), 0, []
         for i in range(steps):
             idx = order[i * settings.batch:(i + 1) * settings.batch]
-            x = data.x_train[idx]
-            if settings.augment:
-                x = datasets.augment_batch(x, rng)
+            if batches is not None:
+                x = batches(idx, rng)
+            else:
+                x = data.x_train[idx]
+                if settings.augment:
+                    x = datasets.augment_batch(x, rng)
             losses.append(trainer.step(x, data.y_train[idx]))
             if not math.isfinite(losses[-1]):
                 raise RosettaError(f"the loss became {losses[-1]} at epoch {epoch}, step {i + 1}: training "
@@ -91,13 +99,15 @@ def fit(trainer: Trainer, data: Any, settings: TrainSettings, out: Path,
                                "test_accuracy": test_acc, "seconds": seconds, "images_per_second": n / seconds})
         progress(f"epoch {epoch}/{settings.epochs}: train loss {np.mean(losses):.4f}, test loss {test_loss:.4f}, "
                  f"test accuracy {100 * test_acc:.2f}% ({n / seconds:.0f} images/s)")
-        _write_epoch(trainer, settings, epoch, history, out)
+        _write_epoch(trainer, settings, epoch, history, out, metadata)
     return history
 
 
-def _write_epoch(trainer: Trainer, settings: TrainSettings, epoch: int, history: History, out: Path) -> None:
+def _write_epoch(trainer: Trainer, settings: TrainSettings, epoch: int, history: History, out: Path,
+                 metadata: dict[str, str | None] | None = None) -> None:
     save_checkpoint(out / CHECKPOINT, trainer, settings, epoch, history)
-    save_canonical(out / WEIGHTS, trainer.spec, trainer.export_weights(), framework=settings.framework)
+    save_canonical(out / WEIGHTS, trainer.spec, trainer.export_weights(), framework=settings.framework,
+                   **(metadata or {}))
     log = {"settings": asdict(settings), "spec_overrides": dict(trainer.spec.overrides), "epochs_done": epoch,
            **asdict(history)}
     with atomic_path(out / LOG) as tmp:
@@ -109,27 +119,57 @@ def _write_epoch(trainer: Trainer, settings: TrainSettings, epoch: int, history:
 def train(model: str, framework: str, data: str, out: str | Path, *, epochs: int = 10, batch: int = 64,
           optimizer: str = "sgd", lr: float | None = None, weight_decay: float = 5e-4, augment: bool = False,
           seed: int = 0, overrides: dict[str, Any] | None = None,
-          progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> tuple[Any, History]:
-    """Train ``model`` in ``framework`` on ``data`` (``digits`` or an IDX directory), writing into
-    ``out``; returns (spec, history). Defaults fill in what the data decides: one input channel,
-    the smallest input size the model accepts, the data's class count."""
+          progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+          preprocess: str | None = None, pca_std: float = 0.0,
+          scale_jitter: tuple[int, int] | None = None) -> tuple[Any, History]:
+    """Train ``model`` in ``framework`` on ``data`` (``digits``, an IDX directory or a folder of
+    class folders), writing into ``out``; returns (spec, history). Defaults fill in what the
+    data decides: digits and IDX files one input channel and the smallest input size the model
+    accepts, image folders three channels and the spec's input size; the data's class count.
+    Image folders are preprocessed with ``preprocess`` (default ``torchvision``); ``pca_std``
+    and ``scale_jitter`` add AlexNet's PCA colour noise and VGG's scale jittering
+    (``images/augment.py``)."""
     from ..core.spec import load_spec
+    from ..images import augment as recipes
+    from ..images import folders
+    from ..images.preprocess import named
 
     if epochs < 1 or batch < 1:
         raise RosettaError(f"--epochs and --batch must be at least 1 (got {epochs}, {batch})")
+    recipe = recipes.Recipe(augment, pca_std, tuple(scale_jitter) if scale_jitter else None)
     overrides = dict(overrides or {})
-    overrides.setdefault("in_channels", 1)  # digits, MNIST and Fashion-MNIST are grayscale
-    if "input_size" not in overrides:
-        overrides["input_size"] = datasets.min_input_size(model, overrides)
-    probe = load_spec(model, overrides)
-    dataset = datasets.load(data, probe.input_shape)
-    overrides.setdefault("num_classes", dataset.num_classes)
-    datasets.check_num_classes(dataset, overrides["num_classes"])
-    spec = load_spec(model, overrides)
+    metadata: dict[str, str | None] = {}
+    if data != "digits" and Path(data).is_dir() and not datasets.is_idx_dir(data):
+        overrides.setdefault("in_channels", 3)
+        train_split, test_split = folders.splits(data)
+        overrides.setdefault("num_classes", len(train_split.classes))
+        spec = load_spec(model, overrides)
+        prep = named(preprocess or "torchvision", spec.input_shape)
+        dataset: Any = folders.FolderDataset(Path(data).name, train_split, test_split, prep)
+        datasets.check_num_classes(dataset, overrides["num_classes"])
+        metadata["classes"] = json.dumps(dataset.classes)
+        recipe_settings = {**recipe.settings(), "preprocess": prep.name}
+    else:
+        if preprocess is not None:
+            raise RosettaError("--preprocess applies to image folders; digits and IDX data are standardised with "
+                               "the training set's mean and std (the 'train' preprocessing)")
+        overrides.setdefault("in_channels", 1)  # digits, MNIST and Fashion-MNIST are grayscale
+        if "input_size" not in overrides:
+            overrides["input_size"] = datasets.min_input_size(model, overrides)
+        probe = load_spec(model, overrides)
+        dataset = datasets.load(data, probe.input_shape)
+        overrides.setdefault("num_classes", dataset.num_classes)
+        datasets.check_num_classes(dataset, overrides["num_classes"])
+        spec = load_spec(model, overrides)
+        prep = named("train", spec.input_shape, mean=[dataset.mean], std=[dataset.std])
+        recipe_settings = recipe.settings()
+    metadata["preprocess"] = prep.to_json()
     opt = OptimizerConfig(optimizer, lr=lr if lr is not None else DEFAULT_LR[optimizer], weight_decay=weight_decay)
-    settings = TrainSettings(model, framework, data, epochs, batch, asdict(opt), augment, overrides, seed)
+    settings = TrainSettings(model, framework, data, epochs, batch, asdict(opt), augment, overrides, seed,
+                             recipe_settings)
     progress(f"{spec.name} ({'x'.join(map(str, spec.input_shape))}, {dataset.num_classes} classes) on "
              f"{dataset.name}: {len(dataset.x_train)} train / {len(dataset.x_test)} test images, {framework}, "
              f"{opt.name} lr {opt.lr}")
+    batches = recipes.TrainBatches(dataset, recipe, progress) if recipe_settings else None
     trainer = build_trainer(framework, spec, opt, seed=seed)
-    return spec, fit(trainer, dataset, settings, Path(out), progress)
+    return spec, fit(trainer, dataset, settings, Path(out), progress, batches=batches, metadata=metadata)

@@ -44,11 +44,16 @@ class TrainSettings:
     augment: bool
     overrides: dict[str, Any]
     seed: int = 0
+    #: data recipes beyond ``augment`` (images/augment.py) and an image folder's preprocessing
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share to be resumed (all but the epoch count)."""
+        """The settings a checkpoint must share to be resumed (all but the epoch count; an
+        empty ``recipe`` is left out, so checkpoints written before recipes existed resume)."""
         d = asdict(self)
         del d["epochs"]
+        if not d["recipe"]:
+            del d["recipe"]
         return d
 
 

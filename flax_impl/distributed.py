@@ -79,11 +79,12 @@ class ShardedTrainer(FlaxTrainer):
         """Put the model's and the optimizer's state on every device of the mesh (a no-op for
         what is already there; ``predict`` and a resume leave state elsewhere)."""
         state = nnx.state((self.model, self.optimizer))
+        several = self.engine.plan.processes > 1
 
         def put(a: Any) -> Any:
             if isinstance(a, jax.Array) and a.sharding == self.replicated:
                 return a
-            return jax.device_put(_host(a), self.replicated)
+            return _global(_host(a), self.replicated) if several else jax.device_put(a, self.replicated)
 
         nnx.update((self.model, self.optimizer), jax.tree.map(put, state))
 
@@ -131,6 +132,15 @@ def _host(a: Any) -> Any:
     if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
         return a  # an RNG key: device_put copies it as it is
     return np.asarray(a)
+
+
+def _global(a: Any, sharding: NamedSharding) -> jax.Array:
+    """One array over every process's devices from the copy each process holds (``device_put``
+    reaches this process's devices only)."""
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # RNG keys: their data
+        return jax.random.wrap_key_data(_global(np.asarray(jax.random.key_data(a)), sharding),
+                                        impl=jax.random.key_impl(a))
+    return jax.make_array_from_callback(np.shape(a), sharding, lambda index: np.asarray(a)[index])
 
 
 class ShardedEngine:

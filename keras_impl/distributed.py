@@ -228,8 +228,7 @@ class MirroredEngine:
 
     @property
     def name(self) -> str:
-        return (f"tf.distribute.{type(self.strategy).__name__} ({self.plan.devices} replicas, "
-                f"{self.plan.processes} process(es))")
+        return f"{self.plan.engine} ({self.plan.devices} replicas, {self.plan.processes} process(es))"
 
     def build_trainer(self, spec: ModelSpec, opt: OptimizerConfig, *, seed: int = 0,
                       tensors: Mapping[str, np.ndarray] | None = None) -> MirroredTrainer:

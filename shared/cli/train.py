@@ -17,10 +17,10 @@ def run_train(args: argparse.Namespace) -> int:
     from ..training import distributed
     from ..training.loop import CURVES, LOG, WEIGHTS, train
 
+    plan = distributed.plan(args.framework, args.devices, args.batch, launcher=args.launcher, sync_bn=args.sync_bn)
     elsewhere = run_as(args, args.framework)
     if elsewhere is not None:
         return elsewhere
-    plan = distributed.plan(args.framework, args.devices, args.batch, launcher=args.launcher, sync_bn=args.sync_bn)
     if plan is not None and plan.starts_workers:  # torch on one machine: N processes, as torchrun would
         return distributed.launch_local(args.argv, plan)
     try:

@@ -27,6 +27,12 @@ KINDS = {"plain": ("vgg11", ("chunked",)), "bn": ("vgg11_bn", ("chunked", "sync"
 BN_REFERENCE = {"torch": "chunked", "keras/tensorflow": "chunked", "flax": "reference", "keras/jax": "reference"}
 OVERRIDES = {"width_divisor": 8, "input_size": 32, "num_classes": 10, "dropout": 0.0}
 FAULTS = ("summed", "whole", "no_allreduce")
+#: what a job trains: the model kinds and the seeded faults (run on the BatchNorm kind)
+PARTS = ("plain", "bn", "faults")
+#: the default run's share per engine, each a few seconds (measured on the shared 2-core CPU: torch
+#: 8 s, flax 10 s, keras/jax 15 s, keras/tensorflow 7 s a worker); every engine x part is ``heavy``:
+#: a 2-vs-1 equivalence per engine, and the seeded faults where they are cheap (no Keras compile each)
+LIGHT = {"torch": PARTS, "flax": PARTS, "keras/jax": ("bn",), "keras/tensorflow": ("plain",)}
 #: seconds one engine's worker(s) may take before the test fails (measured: 20-60 s on the shared 2-core CPU)
 JOIN_TIMEOUT = 420.0
 
@@ -53,10 +59,12 @@ def canonical_start(spec: Any, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def make_job(tmp: Path, label: str, *, faults: tuple[str, ...] = FAULTS) -> Path:
-    """Weights and batches for both kinds, and the job file of ``label``'s worker."""
+def make_job(tmp: Path, label: str, parts: tuple[str, ...] = PARTS) -> Path:
+    """Weights and batches for the kinds in ``parts``, and the job file of ``label``'s worker."""
     kinds = {}
     for i, (kind, (model, scenarios)) in enumerate(KINDS.items()):
+        if kind not in parts:
+            continue
         spec = load_spec(model, OVERRIDES)
         weights = tmp / f"{kind}.safetensors"
         if not weights.exists():
@@ -70,7 +78,8 @@ def make_job(tmp: Path, label: str, *, faults: tuple[str, ...] = FAULTS) -> Path
         kinds[kind] = {"model": model, "overrides": OVERRIDES, "weights": str(weights),
                        "batches": str(tmp / f"{kind}-batches.npz"), "scenarios": wanted}
     name = label.replace("/", "-")
-    job = {"label": label, "devices": DEVICES, "batch": BATCH, "lr": LR, "kinds": kinds, "faults": list(faults),
+    faults = list(FAULTS) if "faults" in parts else []
+    job = {"label": label, "devices": DEVICES, "batch": BATCH, "lr": LR, "kinds": kinds, "faults": faults,
            "fault_kinds": ["bn"], "out": str(tmp / f"{name}-results")}
     path = tmp / f"{name}-job.json"
     path.write_text(json.dumps(job))

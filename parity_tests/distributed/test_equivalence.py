@@ -9,8 +9,13 @@ same canonical weights on the same global batches (``harness.py``; the runs: ``w
   and not one device; Keras' synchronized BatchNorm (``--sync-bn``, TensorFlow) equals one device.
 * Seeded faults, each of which must fail those checks: a loss summed instead of averaged over
   the replicas, every replica fed the whole batch, the gradient all-reduce skipped.
+
+The default run trains each engine's light share (``harness.LIGHT``: one 2-vs-1 equivalence per
+engine, the faults on DDP and Flax); ``heavy`` runs every engine x part.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,26 +29,42 @@ TOL = tolerance("cpu", "data-parallel").rel
 ENGINES = ("torch", "flax", "keras/jax", "keras/tensorflow")
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def engine(request, tmp_path_factory) -> tuple[str, harness.Results]:
-    """One engine's runs: its worker process(es), joined with a timeout."""
-    label = request.param
-    if not ports.resolve(label).installed():
-        pytest.skip(f"{label} is not installed")
-    tmp = tmp_path_factory.mktemp(label.replace("/", "-"))
-    job = harness.make_job(tmp, label)
-    outcome = harness.run_worker(job, label)
-    assert outcome.ok, outcome.describe("worker") + "\n" + "\n".join((e or "")[-3000:] for e in outcome.stderr)
-    return label, harness.load_results(job)
+def cases(part: str) -> list:
+    """The engines, each in the default run where ``part`` is in its light share (else heavy)."""
+    return [pytest.param(label, id=label, marks=() if part in harness.LIGHT[label] else pytest.mark.heavy)
+            for label in ENGINES]
 
 
-def test_without_batchnorm_equals_one_device(engine):
-    label, results = engine
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Callable[[str, str], harness.Results]:
+    """An engine's runs for a test needing ``part``: its light job where that covers the part,
+    else every part; each job's worker process(es) run once per module, joined with a timeout."""
+    done: dict[tuple[str, tuple[str, ...]], harness.Results] = {}
+
+    def get(label: str, part: str) -> harness.Results:
+        if not ports.resolve(label).installed():
+            pytest.skip(f"{label} is not installed")
+        parts = harness.LIGHT[label] if part in harness.LIGHT[label] else harness.PARTS
+        if (label, parts) not in done:
+            tmp = tmp_path_factory.mktemp(label.replace("/", "-"))
+            job = harness.make_job(tmp, label, parts)
+            outcome = harness.run_worker(job, label)
+            assert outcome.ok, outcome.describe("worker") + "\n" + "\n".join((e or "")[-3000:] for e in outcome.stderr)
+            done[label, parts] = harness.load_results(job)
+        return done[label, parts]
+
+    return get
+
+
+@pytest.mark.parametrize("label", cases("plain"))
+def test_without_batchnorm_equals_one_device(runs, label):
+    results = runs(label, "plain")
     assert harness.problems(results, "plain", "dp", label, TOL) == []
 
 
-def test_batchnorm_statistics_as_the_engine_states(engine):
-    label, results = engine
+@pytest.mark.parametrize("label", cases("bn"))
+def test_batchnorm_statistics_as_the_engine_states(runs, label):
+    results = runs(label, "bn")
     assert harness.problems(results, "bn", "dp", label, TOL) == []
     dp, one = results.weights("bn", "dp"), results.weights("bn", "reference")
     if harness.BN_REFERENCE[label] == "chunked":  # per-replica statistics are not one device's
@@ -56,7 +77,7 @@ def test_batchnorm_statistics_as_the_engine_states(engine):
 
 
 @pytest.mark.parametrize("fault", harness.FAULTS)
-def test_seeded_fault_fails(engine, fault):
-    label, results = engine
-    found = harness.problems(results, "bn", f"fault:{fault}", label, TOL)
+@pytest.mark.parametrize("label", cases("faults"))
+def test_seeded_fault_fails(runs, label, fault):
+    found = harness.problems(runs(label, "faults"), "bn", f"fault:{fault}", label, TOL)
     assert found, f"{label}: the fault {fault!r} passed the equivalence checks"

@@ -1,11 +1,11 @@
 """``rosetta train`` on several processes and devices, end to end, per engine.
 
-For each engine: one device for one epoch (the reference); the same epoch as 2 processes on
-127.0.0.1 under the engine's own multi-process launch (``torchrun``; JAX's and Keras' coordinator
-variables; ``TF_CONFIG``), which must end with the reference's weights within the
-``data-parallel`` tolerance; then ``--devices 2`` on this machine resuming the one-device
-checkpoint for a second epoch (another device count), whose weights every installed framework
-loads and runs to the same logits. Every group of processes is joined with a timeout, and a
+For each engine: one device for one epoch (the reference) and, at the same time, the same epoch
+as 2 processes on 127.0.0.1 under the engine's own multi-process launch (``torchrun``; JAX's and
+Keras' coordinator variables; ``TF_CONFIG``), which must end with the reference's weights within
+the ``data-parallel`` tolerance. ``heavy``: ``--devices 2`` on this machine resuming the
+one-device checkpoint for a second epoch (another device count), whose weights every installed
+framework loads and runs to the same logits. Every group of processes is joined with a timeout, and a
 failing process stops the others at once (``training.distributed.run_group``).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -69,25 +70,48 @@ def run(commands: list[tuple[list[str], dict[str, str]]]) -> None:
     assert outcome.ok, outcome.describe() + "\n" + "\n".join((e or "")[-2500:] for e in outcome.stderr)
 
 
-@pytest.mark.parametrize("label", ENGINES)
-def test_engine_launchers_resume_and_load_everywhere(label, data, tmp_path):
-    if not ports.resolve(label).installed():
-        pytest.skip(f"{label} is not installed")
-    common = [*TRAIN, "--framework", label, "--data", str(data), "--epochs", "1"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    run([([*ROSETTA, *common, "--out", str(tmp_path / "one")], env)])
-    shutil.copytree(tmp_path / "one", tmp_path / "resumed")
+def common(label: str, data: Path) -> list[str]:
+    return [*TRAIN, "--framework", label, "--data", str(data), "--epochs", "1"]
 
-    run(launch(label, [*common, "--devices", "2", "--out", str(tmp_path / "two")]))
-    log = json.loads((tmp_path / "two" / "log.json").read_text())["parallel"]
+
+@pytest.fixture(scope="module")
+def launched(data, tmp_path_factory) -> Callable[[str], Path]:
+    """An engine's two runs of one epoch, side by side in one group of processes: one device
+    (``one/``) and 2 processes under the engine's launcher (``two/``)."""
+    done: dict[str, Path] = {}
+
+    def get(label: str) -> Path:
+        if not ports.resolve(label).installed():
+            pytest.skip(f"{label} is not installed")
+        if label not in done:
+            tmp = tmp_path_factory.mktemp(label.replace("/", "-"))
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            run([([*ROSETTA, *common(label, data), "--out", str(tmp / "one")], env),
+                 *launch(label, [*common(label, data), "--devices", "2", "--out", str(tmp / "two")])])
+            done[label] = tmp
+        return done[label]
+
+    return get
+
+
+@pytest.mark.parametrize("label", ENGINES)
+def test_two_processes_under_the_engines_launcher_equal_one_device(launched, label):
+    tmp = launched(label)
+    log = json.loads((tmp / "two" / "log.json").read_text())["parallel"]
     launcher = {"torch": "torchrun", "keras/tensorflow": "tf-config"}.get(label, "jax")
     assert (log["devices"], log["processes"], log["launcher"], log["global_batch"], log["per_device_batch"],
             log["per_device_rows_seen"]) == (2, 2, launcher, 8, 4, 4), log
-    one, two = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
+    one, two = (load_file(str(tmp / d / "model.safetensors")) for d in ("one", "two"))
     d, where = harness.difference(two, one, parameters=True)
     assert d <= tolerance("cpu", "data-parallel").rel, (where, d)
 
-    # the one-device checkpoint, resumed on 2 devices of this machine for a second epoch
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("label", ENGINES)
+def test_resume_on_another_device_count_loads_everywhere(launched, data, label, tmp_path):
+    """The one-device checkpoint, resumed on 2 devices of this machine for a second epoch."""
+    shutil.copytree(launched(label) / "one", tmp_path / "resumed")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     run([([*ROSETTA, *TRAIN, "--framework", label, "--data", str(data), "--epochs", "2", "--devices", "2",
            "--out", str(tmp_path / "resumed")], env)])
     log = json.loads((tmp_path / "resumed" / "log.json").read_text())

@@ -34,9 +34,9 @@ from .report import _machine, _table
 WORKER = "rosetta_cnn.tools.bench.scaling"
 #: seconds one measurement's process(es) may take before they are stopped
 TIMEOUT = 900.0
-CPU_NOTE = ("On a CPU the N devices share this machine's {cpus} cores, so the efficiency measures each engine's "
-            "overhead (gradient all-reduce, sharding, replica steps), not a speed-up; on N GPUs it is the real "
-            "scaling figure.")
+CPU_NOTE = ("On a CPU the N devices share the same {cpus} core(s), so the efficiency measures each engine's "
+            "overhead (gradient all-reduce, sharding, replica steps), not a speed-up: with no overhead it is 1/N "
+            "here (0.50 on 2 devices), on N GPUs 1, where it is the real scaling figure.")
 
 
 def check(frameworks: Sequence[str], devices: Sequence[int], batch: int) -> list[str]:

@@ -17,7 +17,6 @@ axes refuse to index across devices). ``--sync-bn`` changes nothing here.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import jax
@@ -27,9 +26,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rosetta_cnn.core import xla
-from rosetta_cnn.core.errors import RosettaError
 from rosetta_cnn.core.spec import ModelSpec
-from rosetta_cnn.training.distributed import FreshProcess, Plan, replica_rows, resolved
+from rosetta_cnn.training.distributed import Plan, jax_join, jax_resolved, replica_rows
 from rosetta_cnn.training.trainer import OptimizerConfig
 
 from . import layout, weights
@@ -148,24 +146,14 @@ class ShardedEngine:
     other processes under ``jax.distributed``)."""
 
     def __init__(self, plan: Plan):
-        ready = xla.configure_host_devices(plan.local_devices)
-        if plan.launcher == "jax":
-            if not ready:
-                raise FreshProcess("JAX is already running in this process", xla.host_devices_env(plan.local_devices))
-            env = os.environ
+        def initialize(env: Mapping[str, str]) -> None:
             jax.distributed.initialize(coordinator_address=env.get("JAX_COORDINATOR_ADDRESS"),
                                        num_processes=plan.processes if "JAX_NUM_PROCESSES" in env else None,
                                        process_id=plan.process_index if "JAX_PROCESS_ID" in env else None)
-        platform = jax.default_backend()
-        devices = jax.devices()
-        if platform == "cpu" and len(devices) < plan.devices and not ready:
-            raise FreshProcess(f"JAX started in this process with {len(devices)} CPU device(s)",
-                               xla.host_devices_env(plan.local_devices))
-        if len(devices) < plan.devices:
-            raise RosettaError(f"--devices {plan.devices}: JAX sees {len(devices)} {platform} device(s) in "
-                               f"{jax.process_count()} process(es)")
-        self.plan = resolved(plan, processes=jax.process_count(), process_index=jax.process_index(),
-                             devices=plan.devices if jax.process_count() == 1 else len(devices))
+
+        ready = jax_join(plan, initialize)
+        platform, devices = jax.default_backend(), jax.devices()
+        self.plan = jax_resolved(plan, devices, ready, "JAX")
         self.platform = platform
         self.mesh = jax.make_mesh((plan.devices,), (AXIS,), devices=devices[:plan.devices])
 
@@ -183,11 +171,7 @@ class ShardedEngine:
 
     def gather(self, value: int) -> list[int]:
         """``value`` from every process, in process order."""
-        if self.plan.processes == 1:
-            return [int(value)]
-        from jax.experimental import multihost_utils
-
-        return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()]
+        return xla.gather_ints(value, self.plan.processes)
 
     def close(self) -> None:
         if self.plan.processes > 1:

@@ -23,7 +23,6 @@
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import keras
@@ -32,7 +31,7 @@ import numpy as np
 from rosetta_cnn.core import xla
 from rosetta_cnn.core.errors import RosettaError
 from rosetta_cnn.core.spec import ModelSpec
-from rosetta_cnn.training.distributed import FreshProcess, Plan, replica_rows, resolved
+from rosetta_cnn.training.distributed import FreshProcess, Plan, jax_join, jax_resolved, replica_rows, resolved
 from rosetta_cnn.training.trainer import OptimizerConfig
 
 from . import layers, runtime, weights
@@ -105,24 +104,14 @@ class DataParallelEngine:
     def __init__(self, plan: Plan):
         import jax
 
-        ready = xla.configure_host_devices(plan.local_devices)
-        if plan.launcher == "jax":
-            if not ready:
-                raise FreshProcess("JAX is already running in this process", xla.host_devices_env(plan.local_devices))
-            env = os.environ
+        def initialize(env: Mapping[str, str]) -> None:
             keras.distribution.initialize(
                 job_addresses=env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") or env.get("JAX_COORDINATOR_ADDRESS"),
                 num_processes=plan.processes or None, process_id=plan.process_index)
-        devices = keras.distribution.list_devices()
-        platform = jax.default_backend()
-        if platform == "cpu" and len(devices) < plan.devices and not ready:
-            raise FreshProcess(f"JAX started in this process with {len(devices)} CPU device(s)",
-                               xla.host_devices_env(plan.local_devices))
-        if len(devices) < plan.devices:
-            raise RosettaError(f"--devices {plan.devices}: Keras on JAX sees {len(devices)} device(s) "
-                               f"({', '.join(devices)})")
-        self.plan = resolved(plan, processes=jax.process_count(), process_index=jax.process_index(),
-                             devices=plan.devices if jax.process_count() == 1 else len(devices))
+
+        ready = jax_join(plan, initialize)
+        devices, platform = keras.distribution.list_devices(), jax.default_backend()
+        self.plan = jax_resolved(plan, devices, ready, "Keras on JAX")
         self.platform = platform
         self.distribution = keras.distribution.DataParallel(devices=devices[:plan.devices])
         keras.distribution.set_distribution(self.distribution)
@@ -140,11 +129,7 @@ class DataParallelEngine:
 
     def gather(self, value: int) -> list[int]:
         """``value`` from every process, in process order."""
-        if self.plan.processes == 1:
-            return [int(value)]
-        from jax.experimental import multihost_utils
-
-        return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()]
+        return xla.gather_ints(value, self.plan.processes)
 
     def close(self) -> None:
         keras.distribution.set_distribution(None)

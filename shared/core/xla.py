@@ -207,3 +207,14 @@ def configure_host_devices(n: int) -> bool:
 def active() -> bool:
     """Whether this process's ``XLA_FLAGS`` carry the YNN fusion flag."""
     return _FLAG_NAME in os.environ.get("XLA_FLAGS", "")
+
+
+def gather_ints(value: int, processes: int) -> list[int]:
+    """``value`` from every JAX process, in process order (the data-parallel engines of Flax and
+    of Keras on JAX, ``distributed.py``); imports JAX only when there are several processes."""
+    if processes == 1:
+        return [int(value)]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()]

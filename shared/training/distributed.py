@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -275,6 +275,38 @@ def resolved(plan_: Plan, *, processes: int, process_index: int, devices: int) -
         raise RosettaError(f"--devices {plan_.devices}, but the {plan_.engine} found {devices} device(s) in "
                            f"{processes} process(es)")
     return replace(plan_, processes=processes, process_index=process_index)
+
+
+def jax_join(plan_: Plan, initialize: Callable[[Mapping[str, str]], None]) -> bool:
+    """Before JAX's backend starts (Flax, Keras on JAX): ask for the plan's host devices and,
+    under the ``jax`` launcher, join the other processes (``initialize(os.environ)``: the
+    engine's own call). Returns whether the host-device flag could still be set."""
+    from ..core import xla
+
+    ready = xla.configure_host_devices(plan_.local_devices)
+    if plan_.launcher == "jax":
+        if not ready:
+            raise FreshProcess("JAX is already running in this process", xla.host_devices_env(plan_.local_devices))
+        initialize(os.environ)
+    return ready
+
+
+def jax_resolved(plan_: Plan, devices: Sequence[Any], ready: bool, what: str) -> Plan:
+    """``plan_`` resolved against the JAX ``devices`` the engine (``what``) sees: a fresh process
+    when JAX already started on the CPU with fewer, an error naming both counts otherwise."""
+    import jax
+
+    from ..core import xla
+
+    platform = jax.default_backend()
+    if platform == "cpu" and len(devices) < plan_.devices and not ready:
+        raise FreshProcess(f"JAX started in this process with {len(devices)} CPU device(s)",
+                           xla.host_devices_env(plan_.local_devices))
+    if len(devices) < plan_.devices:
+        raise RosettaError(f"--devices {plan_.devices}: {what} sees {len(devices)} {platform} device(s) in "
+                           f"{jax.process_count()} process(es)")
+    return resolved(plan_, processes=jax.process_count(), process_index=jax.process_index(),
+                    devices=plan_.devices if jax.process_count() == 1 else len(devices))
 
 
 def start(plan_: Plan) -> Any:

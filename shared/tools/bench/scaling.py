@@ -81,13 +81,13 @@ def run_scaling(model: dict[str, Any], frameworks: Sequence[str], devices: Seque
               "seconds": round(time.perf_counter() - t0, 1)}
     text = format_scaling(report)
     print(text)
-    with atomic_path(out / "scaling.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    with atomic_path(out / "scaling.md") as tmp:
-        tmp.write_text(text + "\n")
+    files = {out / "scaling.json": json.dumps(report, indent=2), out / "scaling.md": text + "\n"}
+    for path, content in files.items():
+        with atomic_path(path) as tmp:
+            tmp.write_text(content)
     plots.write_optional(plot_scaling, report, out / "scaling.png")
-    print(f"\nwrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'} "
-          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    print(f"\nwrote {', '.join(str(p) for p in files)}, {out / 'scaling.png'} ({time.perf_counter() - t0:.0f} s)",
+          file=sys.stderr)
     return report
 
 

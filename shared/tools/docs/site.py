@@ -789,13 +789,14 @@ def column_snippets(page: Mapping[str, Any], key: str) -> dict[str, dict[str, li
 
 
 def _column_sections(site: Site, page: str, page_doc: Mapping[str, Any], columns_key: str, columns: Sequence[str],
-                     snippets: Mapping[str, Mapping[str, list[Snippet]]], css: Callable[[str], str]) -> list[str]:
-    """The body of a side-by-side page: its summary and install lines, each section's code and
-    notes in one column per ``columns`` entry (``css``: the column's ``data-fw``) with the
+                     snippets: Mapping[str, Mapping[str, list[Snippet]]], css: Callable[[str], str],
+                     install: str = "Install") -> list[str]:
+    """The body of a side-by-side page: its summary and ``install`` lines, each section's code
+    and notes in one column per ``columns`` entry (``css``: the column's ``data-fw``) with the
     ``shared`` snippets below, and the ``measured`` tables."""
     names = page_doc[columns_key]
     body = [f'<p class="summary">{inline(page_doc["summary"])}</p>',
-            "<p>Install: " + "; ".join(f"{_e(names[b]['name'])} <code>{_e(names[b]['install'])}</code>"
+            f"<p>{_e(install)}: " + "; ".join(f"{_e(names[b]['name'])} <code>{_e(names[b]['install'])}</code>"
                                       for b in columns) + ".</p>"]
     for section in page_doc["sections"]:
         body.append(f'<h2 id="{_e(section["id"])}">{_e(section["title"])}</h2>'
@@ -850,7 +851,8 @@ def check_data_parallel(table: Mapping[str, Any]) -> dict[str, Any] | None:
 def _data_parallel_page(site: Site, page_doc: Mapping[str, Any],
                         snippets: Mapping[str, Mapping[str, list[Snippet]]]) -> None:
     body = _column_sections(site, DP_PAGE, page_doc, "engines", DP_ENGINES, snippets,
-                            lambda e: e.split("/")[0])  # keras/jax, keras/tensorflow: the Keras colour
+                            lambda e: e.split("/")[0],  # keras/jax, keras/tensorflow: the Keras colour
+                            install="Several machines")
     site.add(DP_PAGE, page_doc["title"], "\n".join(body))
 
 

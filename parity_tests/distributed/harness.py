@@ -30,7 +30,7 @@ FAULTS = ("summed", "whole", "no_allreduce")
 #: what a job trains: the model kinds and the seeded faults (run on the BatchNorm kind)
 PARTS = ("plain", "bn", "faults")
 #: the default run's share per engine, each a few seconds (measured on the shared 2-core CPU: torch
-#: 8 s, flax 10 s, keras/jax 15 s, keras/tensorflow 7 s a worker); every engine x part is ``heavy``:
+#: 6-9 s, flax 6-9 s, keras/jax 17-20 s, keras/tensorflow 7-11 s a worker); every engine x part is ``heavy``:
 #: a 2-vs-1 equivalence per engine, and the seeded faults where they are cheap (no Keras compile each)
 LIGHT = {"torch": PARTS, "flax": PARTS, "keras/jax": ("bn",), "keras/tensorflow": ("plain",)}
 #: seconds one engine's worker(s) may take before the test fails (measured: 20-60 s on the shared 2-core CPU)

@@ -3,6 +3,7 @@ framework: clear errors before anything starts, a failing process stopping its p
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -92,14 +93,17 @@ def test_cli_refuses_before_starting_anything(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, capfd):
-    """DDP refuses SyncBatchNorm in CPU modules: the workers stop with that reason."""
+def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
+    """DDP refuses SyncBatchNorm in CPU modules: the workers stop with that reason (the command
+    in a process of its own, joined with a timeout)."""
     needs("torch")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: SyncBatchNorm is available")
-    code = cli.main(["train", "vgg11_bn", "--framework", "torch", "--data", "digits", "--set", "width_divisor=16",
-                     "--devices", "2", "--sync-bn", "--epochs", "1", "--out", str(tmp_path / "run")])
-    assert code == 2
-    assert "torch.nn.SyncBatchNorm needs CUDA devices" in capfd.readouterr().err
+    argv = ["train", "vgg11_bn", "--framework", "torch", "--data", "digits", "--set", "width_divisor=16",
+            "--devices", "2", "--sync-bn", "--epochs", "1", "--out", str(tmp_path / "run")]
+    outcome = distributed.run_group([(distributed.rosetta_command(argv), dict(os.environ))], timeout=120,
+                                    capture=[True])
+    assert not outcome.timed_out and outcome.returncodes == [2], outcome.describe()
+    assert "torch.nn.SyncBatchNorm needs CUDA devices" in outcome.stderr[0]

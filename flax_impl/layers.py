@@ -142,13 +142,18 @@ def linear(layer: Layer, rngs: nnx.Rngs) -> nnx.Linear:
 def batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and biased variance of an NHWC batch, two-pass and shifted.
 
-    Sums run around one sample of each channel, so the rounding error of the mean scales
-    with the channel's spread rather than its magnitude (PyTorch's CPU kernel accumulates in
-    float64; plain float32 sums of large-mean channels lose ~1e-6, which deep BatchNorm
-    stacks in training mode amplify past the parity tolerance).
+    Sums run around a first estimate of each channel's mean (the plain float32 mean), so the
+    rounding error of the mean scales with the channel's spread rather than its magnitude
+    (PyTorch's CPU kernel accumulates in float64; plain float32 sums of large-mean channels
+    lose ~1e-6, which deep BatchNorm stacks in training mode amplify past the parity
+    tolerance). The shift is a reduction, not one sample (``x[0, 0, 0]``): under a mesh with
+    explicit axes (``jax.make_mesh``'s default) indexing one row of a batch sharded over
+    devices is a ``ShardingTypeError``, while a mean over the sharded axis is a collective
+    (data-parallel training, ``distributed.py``). As accurate as the one-sample shift or more:
+    mean error / spread 3.05e-4 for both at mean 1e3, spread 0.1; 1.8e-8 against 1.8e-7 at mean 0.
     """
     axes = tuple(range(x.ndim - 1))
-    shift = lax.stop_gradient(x[(0,) * len(axes)])
+    shift = lax.stop_gradient(x.mean(axis=axes))
     d = x - shift
     mean_d = d.mean(axis=axes)
     return shift + mean_d, jnp.square(d - mean_d).mean(axis=axes)

@@ -59,11 +59,10 @@ class FlaxTrainer(PackageTrainer):
     def __init__(self, model: SpecModel, spec: ModelSpec, opt: OptimizerConfig):
         self.model, self.spec, self.opt = model, spec, opt
         self.optimizer = nnx.Optimizer(model, build_optimizer(opt), wrt=nnx.Param)
-        weights_by_key = loss_weights(spec)
+        self.loss_weights = loss_weights(spec)
 
         def loss_fn(m: SpecModel, x: jax.Array, y: jax.Array) -> jax.Array:
-            outputs = m.outputs(x)
-            return sum(w * cross_entropy(outputs[key], y) for key, w in weights_by_key.items())
+            return self.loss(m.outputs(x), y)
 
         def train_step(m: SpecModel, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
             loss, grads = nnx.value_and_grad(loss_fn)(m, x, y)
@@ -76,6 +75,10 @@ class FlaxTrainer(PackageTrainer):
         self._step = nnx.jit(train_step, donate_argnums=(0, 1))
         # gradients() has its own loss-and-gradient function, compiled on first use only
         self._grads = nnx.jit(nnx.value_and_grad(loss_fn))
+
+    def loss(self, outputs: dict[str, jax.Array], y: jax.Array) -> jax.Array:
+        """The training loss of the model's outputs (logits, and the aux heads in training mode)."""
+        return sum(w * cross_entropy(outputs[key], y) for key, w in self.loss_weights.items())
 
     @staticmethod
     def _inputs(x_nchw: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:

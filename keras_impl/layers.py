@@ -57,6 +57,17 @@ def running_var_correction(n: Any) -> Any:
     return n / kops.maximum(n - 1.0, 1.0)
 
 
+def replicas_in_sync() -> int:
+    """Replicas a synchronized BatchNorm's statistics cover: ``tf.distribute``'s in a replica
+    context (Keras synchronizes BatchNorm on TensorFlow only), else 1."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
 def lrn_alpha(alpha: float, size: int) -> float:
     """The coefficient of the sum of squares: the paper's alpha as is (PyTorch and Caffe
     divide it by ``size``; the spec does not)."""
@@ -145,9 +156,12 @@ class BatchNorm(keras.layers.BatchNormalization):
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         if training and self.trainable:
             axes = tuple(range(len(inputs.shape) - 1))  # all but the channel axis
-            mean, variance = kops.moments(inputs, axes=axes)
+            # synchronized (TensorFlow, distributed.py --sync-bn): moments over every replica's rows
+            mean, variance = kops.moments(inputs, axes=axes, synchronized=self.synchronized)
             shape = kops.shape(inputs)
             n = kops.cast(math.prod(shape[a] for a in axes), variance.dtype)  # values per channel
+            if self.synchronized:
+                n = n * replicas_in_sync()
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
             unbiased = variance * running_var_correction(n)

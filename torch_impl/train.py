@@ -72,12 +72,15 @@ class TorchTrainer(PackageTrainer):
         self.model, self.spec, self.opt = model, spec, opt
         self._params = [p for _, p in model.named_parameters()]
         self.optimizer = build_optimizer(self._params, opt)
+        # what the step calls, and where: distributed.py puts a DistributedDataParallel here
+        self.network: torch.nn.Module = model
+        self.device = torch.device("cpu")
 
     def _loss(self, x_nchw: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        self.model.train()
-        out = self.model(layout.nchw_to_framework(np.asarray(x_nchw, dtype=np.float32)))
+        self.network.train()
+        out = self.network(layout.nchw_to_framework(np.asarray(x_nchw, dtype=np.float32)).to(self.device))
         outputs = out if isinstance(out, dict) else {"logits": out}
-        labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        labels = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(self.device)
         return sum(w * cross_entropy(outputs[key], labels) for key, w in loss_weights(self.spec).items())
 
     def step(self, x_nchw: np.ndarray, y: np.ndarray) -> float:

@@ -30,10 +30,28 @@ def run_bench_command(args: argparse.Namespace) -> int:
         overrides["input_size"] = list(parse_input(args.input, 2))
     for m in args.models:
         load_spec(m, overrides)  # bad overrides fail here, before any worker starts
+    if args.devices:
+        return run_scaling_command(args, fws, overrides)
     report = run_bench([{"name": m, "overrides": overrides} for m in args.models], fws, args.out,
                        batches=args.batch, device=args.device, repeats=args.repeats, warmup=args.warmup,
                        threads=args.threads, configs=args.configs, modes=args.modes)
     return 1 if report["failures"] or report["errors"] else 0
+
+
+def run_scaling_command(args: argparse.Namespace, fws: list[str], overrides: dict) -> int:
+    """``--devices``: data-parallel training throughput per engine and device count (``tools/bench/scaling.py``)."""
+    from ..tools.bench import scaling
+    from ..training import distributed
+
+    if len(args.models) != 1 or len(args.batch) != 1:
+        raise RosettaError("--devices measures one model at one global batch: give one --models and one --batch")
+    if not args.frameworks:  # every installed implementation that has a data-parallel engine
+        fws = [fw for fw in fws if fw in distributed.ENGINES]
+    scaling.check(fws, sorted({1, *args.devices}), args.batch[0])  # clear errors before any worker starts
+    report = scaling.run_scaling({"name": args.models[0], "overrides": overrides}, fws, args.devices, args.out,
+                                 batch=args.batch[0], repeats=args.repeats, warmup=args.warmup,
+                                 threads=args.threads, device=args.device)
+    return 1 if report["failures"] else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,4 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                    help="CPU threads per framework (each worker is pinned to N CPUs; default: all usable)")
     s.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed steps after the first (default: 1)")
+    s.add_argument("--devices", nargs="+", type=int, metavar="N",
+                   help="data-parallel scaling instead: training throughput per engine (torch, flax, keras/jax, "
+                        "keras/tensorflow) on each device count, e.g. --devices 1 2, and the scaling efficiency "
+                        "(one model, one global --batch; docs/data-parallel.md)")
     s.set_defaults(func=run_bench_command)

@@ -2,24 +2,40 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 from pathlib import Path
 
 from ..images.augment import PCA_STD
+from ..training.distributed import LAUNCHERS
 from ..training.trainer import OPTIMIZERS
 from .main import label_arg, label_help, run_as
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..core.spec import parse_overrides
+    from ..training import distributed
     from ..training.loop import CURVES, LOG, WEIGHTS, train
 
+    plan = distributed.plan(args.framework, args.devices, args.batch, launcher=args.launcher, sync_bn=args.sync_bn)
     elsewhere = run_as(args, args.framework)
     if elsewhere is not None:
         return elsewhere
-    spec, history = train(args.model, args.framework, args.data, args.out, epochs=args.epochs, batch=args.batch,
-                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,
-                          seed=args.seed, overrides=parse_overrides(args.set), preprocess=args.preprocess,
-                          pca_std=args.pca_noise, scale_jitter=args.scale_jitter)
+    if plan is not None and plan.starts_workers:  # torch on one machine: N processes, as torchrun would
+        return distributed.launch_local(args.argv, plan)
+    try:
+        spec, history = train(args.model, args.framework, args.data, args.out, epochs=args.epochs, batch=args.batch,
+                              optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                              augment=args.augment, seed=args.seed, overrides=parse_overrides(args.set),
+                              preprocess=args.preprocess, pca_std=args.pca_noise, scale_jitter=args.scale_jitter,
+                              parallel=plan)
+    except distributed.FreshProcess as e:  # JAX or TensorFlow already started here with fewer devices
+        if os.environ.get(distributed.FRESH_ENV):
+            raise
+        env = {**os.environ, **e.env, distributed.FRESH_ENV: "1"}
+        return subprocess.call(distributed.rosetta_command(args.argv), env=env)
+    if plan is not None and not plan.primary:
+        return 0
     last = history.epochs[-1]
     out = Path(args.out)
     print(f"{spec.name} {args.framework}: test accuracy {100 * last['test_accuracy']:.2f}% after "
@@ -58,4 +74,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a spec parameter (default: num_classes of the data; digits and IDX: "
                         "in_channels=1 and the smallest input_size; image folders: 3 channels, the spec's input_size)")
     s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="data-parallel training on N devices with the framework's own engine (torch: DDP, N "
+                        "processes; flax: jax.sharding; keras/jax: keras.distribution.DataParallel; keras/tensorflow: "
+                        "tf.distribute.MirroredStrategy); GPUs if present, else N CPU devices. --batch is the global "
+                        "batch, split evenly (default: 1, or the launcher's count; docs/data-parallel.md)")
+    s.add_argument("--sync-bn", action="store_true",
+                   help="global BatchNorm statistics across devices: torch.nn.SyncBatchNorm (GPUs only), Keras' "
+                        "synchronized BatchNormalization on TensorFlow; JAX engines always compute global statistics")
+    s.add_argument("--launcher", choices=list(LAUNCHERS), default="auto",
+                   help="how the processes of a run meet: torchrun (RANK, WORLD_SIZE, MASTER_ADDR/PORT), jax "
+                        "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or KERAS_DISTRIBUTION_*), "
+                        "tf-config (TF_CONFIG), local (this machine only); auto: the one the environment names")
     s.set_defaults(func=run_train)

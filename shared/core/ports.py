@@ -29,6 +29,11 @@ with the same public names, so a reader can open the same file in each and compa
 ``bench.py``
     the benchmark worker's side (``tools/bench/worker.py``): configurations and a
     hand-written baseline model.
+``distributed.py``
+    data-parallel training on the framework's own engine (``training/distributed.py``):
+    ``setup(plan)`` starts it in this process and returns the engine (``build_trainer``);
+    ``replica_batch`` (a replica's rows of a global batch) and ``replica_loss`` (what a
+    replica differentiates) are where the engines differ.
 
 Besides the three ports, :data:`TARGETS` lists runtimes that only run a model one port
 exported (ONNX Runtime, fed by the PyTorch port's ONNX export): parity targets, never sources.
@@ -79,6 +84,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "train": ("make_trainer",),
     "bench": ("ENV_VARIANTS", "setup", "sgemm", "reset_device_memory", "device_memory_mb", "implementations",
               "configs", "default_config", "build", "inference", "training"),
+    "distributed": ("setup", "replica_batch", "replica_loss"),
 }
 #: what each port's package itself exports (``from rosetta_cnn import torch_impl; torch_impl.build_model``)
 PACKAGE_API: tuple[str, ...] = ("build_model", "export_weights", "import_weights", "save_weights", "load_weights",

@@ -15,6 +15,12 @@ set the YNN flag, ``ROSETTA_XLA_FAST`` is not ``0``), and JAX's persistent compi
 (:func:`cache_env`; ``ROSETTA_JAX_CACHE=0`` turns it off). ``import rosetta_cnn.flax_impl``
 calls it, and so every process the project starts for Flax (predict, parity, train, bench)
 gets it. Nothing here imports JAX.
+
+Several devices on one CPU (data-parallel training, ``training/distributed.py``): XLA makes
+N host devices with ``--xla_force_host_platform_device_count=N`` in the same ``XLA_FLAGS``,
+also read once when the backend starts. :func:`host_devices_env` gives a new process that
+flag (next to the fast flags), :func:`configure_host_devices` sets it in this process while
+that is still possible.
 """
 from __future__ import annotations
 
@@ -158,6 +164,57 @@ def configure() -> bool:
     return bool(extra)
 
 
+#: XLA's flag for N CPU devices in one process
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_device_count(flags: str | None = None) -> int:
+    """The host device count ``flags`` (default: this process's ``XLA_FLAGS``) ask for (1 if none)."""
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    count = 1
+    for flag in flags.split():
+        name, _, value = flag.partition("=")
+        if name == HOST_DEVICES_FLAG and value.isdigit():
+            count = int(value)
+    return count
+
+
+def with_host_devices(flags: str, n: int) -> str:
+    """``flags`` with the host device count set to ``n`` (an earlier count replaced)."""
+    kept = [f for f in flags.split() if f.partition("=")[0] != HOST_DEVICES_FLAG]
+    return " ".join([*kept, f"{HOST_DEVICES_FLAG}={n}"])
+
+
+def host_devices_env(n: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``XLA_FLAGS`` for a new JAX process with ``n`` host (CPU) devices, given its environment
+    ``env`` (default: this process's), the fast flags included where :func:`fast_env` adds them."""
+    env = dict(os.environ if env is None else env)
+    flags = {**env, **fast_env(env)}.get("XLA_FLAGS", "")
+    return {"XLA_FLAGS": with_host_devices(flags, n)}
+
+
+def configure_host_devices(n: int) -> bool:
+    """Ask XLA for ``n`` host devices in this process: True if JAX's backend has not started yet
+    (the flag is set now) or already has at least ``n`` of them; False if it started with fewer
+    (then only a new process with :func:`host_devices_env` has them)."""
+    if _backend_started():
+        jax = sys.modules["jax"]  # started, so imported
+        return len(jax.local_devices(backend="cpu")) >= n
+    os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""), n)
+    return True
+
+
 def active() -> bool:
     """Whether this process's ``XLA_FLAGS`` carry the YNN fusion flag."""
     return _FLAG_NAME in os.environ.get("XLA_FLAGS", "")
+
+
+def gather_ints(value: int, processes: int) -> list[int]:
+    """``value`` from every JAX process, in process order (the data-parallel engines of Flax and
+    of Keras on JAX, ``distributed.py``); imports JAX only when there are several processes."""
+    if processes == 1:
+        return [int(value)]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()]

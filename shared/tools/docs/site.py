@@ -713,54 +713,67 @@ def check_keras_backends(table: Mapping[str, Any]) -> dict[str, Any] | None:
     table has none): ``title``, ``summary``, ``backends`` (name and install line per backend),
     ``sections`` (id, title, summary, snippets per backend or ``shared``, notes per backend) and
     ``measured`` (tables: title, caption, columns, rows)."""
-    page = table.get("keras_backends")
+    return check_column_page(table, "keras_backends", "backends", KERAS_BACKENDS)
+
+
+def check_column_page(table: Mapping[str, Any], key: str, columns_key: str,
+                      columns: Sequence[str]) -> dict[str, Any] | None:
+    """A side-by-side page of the block table (``key``: ``keras_backends``, ``data_parallel``)
+    with its structure checked, None if the table has none: ``title``, ``summary``,
+    ``columns_key`` (name and install line per column), ``sections`` and ``measured``."""
+    page = table.get(key)
     if page is None:
         return None
 
     def need(cond: bool, where: str, what: str) -> None:
         if not cond:
-            raise RosettaError(f"{BLOCKS_PATH.name}: $.keras_backends{where}: expected {what}")
+            raise RosettaError(f"{BLOCKS_PATH.name}: $.{key}{where}: expected {what}")
 
     def text(value: Any) -> bool:
         return isinstance(value, str) and value != ""
 
     need(isinstance(page, dict), "", "an object")
-    for key in ("title", "summary"):
-        need(text(page.get(key)), f".{key}", "a non-empty string")
-    backends = page.get("backends")
-    need(isinstance(backends, dict) and set(backends) == set(KERAS_BACKENDS), ".backends",
-         f"an object with exactly {', '.join(KERAS_BACKENDS)}")
-    for b in KERAS_BACKENDS:
-        need(isinstance(backends[b], dict) and all(text(backends[b].get(k)) for k in ("name", "install")),
-             f".backends.{b}", "an object with string 'name' and 'install'")
+    for field in ("title", "summary"):
+        need(text(page.get(field)), f".{field}", "a non-empty string")
+    heads = page.get(columns_key)
+    need(isinstance(heads, dict) and set(heads) == set(columns), f".{columns_key}",
+         f"an object with exactly {', '.join(columns)}")
+    for b in columns:
+        need(isinstance(heads[b], dict) and all(text(heads[b].get(k)) for k in ("name", "install")),
+             f".{columns_key}.{b}", "an object with string 'name' and 'install'")
     need(isinstance(page.get("sections"), list) and page["sections"], ".sections", "a non-empty list")
     for i, section in enumerate(page["sections"]):
         at = f".sections[{i}]"
         need(isinstance(section, dict), at, "an object")
-        for key in ("id", "title", "summary"):
-            need(text(section.get(key)), f"{at}.{key}", "a non-empty string")
+        for field in ("id", "title", "summary"):
+            need(text(section.get(field)), f"{at}.{field}", "a non-empty string")
         snippets, notes = section.get("snippets"), section.get("notes", {})
-        need(isinstance(snippets, dict) and snippets and set(snippets) <= {*KERAS_BACKENDS, SHARED}
+        need(isinstance(snippets, dict) and snippets and set(snippets) <= {*columns, SHARED}
              and all(isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs)
                      for refs in snippets.values()),
-             f"{at}.snippets", f"an object from {', '.join((*KERAS_BACKENDS, SHARED))} to lists of 'file:symbol'")
-        need(isinstance(notes, dict) and set(notes) <= set(KERAS_BACKENDS) and all(
+             f"{at}.snippets", f"an object from {', '.join((*columns, SHARED))} to lists of 'file:symbol'")
+        need(isinstance(notes, dict) and set(notes) <= set(columns) and all(
             isinstance(n, list) and all(isinstance(x, str) for x in n) for n in notes.values()),
-             f"{at}.notes", f"an object from {', '.join(KERAS_BACKENDS)} to lists of strings")
+             f"{at}.notes", f"an object from {', '.join(columns)} to lists of strings")
     for i, measured in enumerate(page.get("measured", [])):
         at = f".measured[{i}]"
         need(isinstance(measured, dict) and text(measured.get("title")) and text(measured.get("caption")),
              at, "an object with string 'title' and 'caption'")
-        columns, rows = measured.get("columns"), measured.get("rows")
-        need(isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns), f"{at}.columns",
+        cols, rows = measured.get("columns"), measured.get("rows")
+        need(isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols), f"{at}.columns",
              "a list of column names")
-        need(isinstance(rows, list) and all(isinstance(r, list) and len(r) == len(columns) for r in rows),
-             f"{at}.rows", f"a list of rows of {len(columns)} cells")
+        need(isinstance(rows, list) and all(isinstance(r, list) and len(r) == len(cols) for r in rows),
+             f"{at}.rows", f"a list of rows of {len(cols)} cells")
     return page
 
 
 def keras_snippets(page: Mapping[str, Any]) -> dict[str, dict[str, list[Snippet]]]:
     """Section id -> column -> snippets of the Keras page; every stale location reported at once."""
+    return column_snippets(page, "keras_backends")
+
+
+def column_snippets(page: Mapping[str, Any], key: str) -> dict[str, dict[str, list[Snippet]]]:
+    """Section id -> column -> snippets of a side-by-side page; every stale location reported at once."""
     out: dict[str, dict[str, list[Snippet]]] = {}
     problems = []
     for section in page["sections"]:
@@ -769,33 +782,36 @@ def keras_snippets(page: Mapping[str, Any]) -> dict[str, dict[str, list[Snippet]
                 try:
                     out.setdefault(section["id"], {}).setdefault(col, []).append(extract(ref))
                 except RosettaError as e:
-                    problems.append(f"keras_backends section {section['id']!r} ({col}): {e}")
+                    problems.append(f"{key} section {section['id']!r} ({col}): {e}")
     if problems:
         raise RosettaError("stale source location(s) in the docs block table:\n  " + "\n  ".join(problems))
     return out
 
 
-def _keras_backends_page(site: Site, page_doc: Mapping[str, Any], snippets: Mapping[str, Mapping[str, list[Snippet]]],
-                         parity: Sequence[Mapping[str, Any]] | None) -> None:
-    page = KERAS_PAGE
-    names = page_doc["backends"]
+def _column_sections(site: Site, page: str, page_doc: Mapping[str, Any], columns_key: str, columns: Sequence[str],
+                     snippets: Mapping[str, Mapping[str, list[Snippet]]], css: Callable[[str], str],
+                     install: str = "Install") -> list[str]:
+    """The body of a side-by-side page: its summary and ``install`` lines, each section's code
+    and notes in one column per ``columns`` entry (``css``: the column's ``data-fw``) with the
+    ``shared`` snippets below, and the ``measured`` tables."""
+    names = page_doc[columns_key]
     body = [f'<p class="summary">{inline(page_doc["summary"])}</p>',
-            "<p>Install: " + "; ".join(f"{_e(names[b]['name'])} <code>{_e(names[b]['install'])}</code>"
-                                      for b in KERAS_BACKENDS) + ".</p>"]
+            f"<p>{_e(install)}: " + "; ".join(f"{_e(names[b]['name'])} <code>{_e(names[b]['install'])}</code>"
+                                      for b in columns) + ".</p>"]
     for section in page_doc["sections"]:
         body.append(f'<h2 id="{_e(section["id"])}">{_e(section["title"])}</h2>'
                     f'<p class="summary">{inline(section["summary"])}</p>')
         got = snippets[section["id"]]
         cols = []
-        for b in KERAS_BACKENDS:
+        for b in columns:
             code = "".join(site.snippet_html(page, s) for s in got.get(b, []))
             notes = "".join(f"<li>{inline(n)}</li>" for n in section.get("notes", {}).get(b, []))
             notes = f'<div class="pitfalls"><ul>{notes}</ul></div>' if notes else ""
             if code or notes:
-                cols.append(f'<section class="fw-col" data-fw="keras-{b}"><h3>{_e(names[b]["name"])}</h3>'
+                cols.append(f'<section class="fw-col" data-fw="{_e(css(b))}"><h3>{_e(names[b]["name"])}</h3>'
                             f"{code}{notes}</section>")
         if cols:
-            body.append(f'<div class="columns">{"".join(cols)}</div>')
+            body.append(f'<div class="columns cols-{len(cols)}">{"".join(cols)}</div>')
         shared = got.get(SHARED, [])
         if shared:
             body.append('<div class="shared-grid">' + "".join(site.snippet_html(page, s) for s in shared) + "</div>")
@@ -804,11 +820,40 @@ def _keras_backends_page(site: Site, page_doc: Mapping[str, Any], snippets: Mapp
         rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in measured["rows"])
         body.append(f'<h2>{_e(measured["title"])}</h2><p>{inline(measured["caption"])}</p>'
                     f'<table class="records"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+    return body
+
+
+def _keras_backends_page(site: Site, page_doc: Mapping[str, Any], snippets: Mapping[str, Mapping[str, list[Snippet]]],
+                         parity: Sequence[Mapping[str, Any]] | None) -> None:
+    page = KERAS_PAGE
+    body = _column_sections(site, page, page_doc, "backends", KERAS_BACKENDS, snippets, lambda b: f"keras-{b}")
     keras_records = [r for r in parity or [] if "keras/" in f"{r['source']} {r['target']}"]
     if keras_records:
         body.append(f'<h2 id="parity">Parity of this run</h2><p>The records of <code>rosetta parity</code> given to '
                     f"<code>rosetta docs --parity</code> that involve a Keras backend.</p>{_parity_table(keras_records)}")
     site.add(page, page_doc["title"], "\n".join(body))
+
+
+# ---------------------------------------------------------------------------
+# "Data parallel in three frameworks" (blocks.json: data_parallel)
+
+#: the data-parallel engines, the columns of the page (``training/distributed.py`` ENGINES)
+DP_ENGINES: tuple[str, ...] = ("torch", "flax", "keras/jax", "keras/tensorflow")
+DP_PAGE = "data-parallel.html"
+
+
+def check_data_parallel(table: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``data_parallel`` entry of the block table with its structure checked (None if the
+    table has none): as the Keras page, with ``engines`` (name and launch line per engine)."""
+    return check_column_page(table, "data_parallel", "engines", DP_ENGINES)
+
+
+def _data_parallel_page(site: Site, page_doc: Mapping[str, Any],
+                        snippets: Mapping[str, Mapping[str, list[Snippet]]]) -> None:
+    body = _column_sections(site, DP_PAGE, page_doc, "engines", DP_ENGINES, snippets,
+                            lambda e: e.split("/")[0],  # keras/jax, keras/tensorflow: the Keras colour
+                            install="Several machines")
+    site.add(DP_PAGE, page_doc["title"], "\n".join(body))
 
 
 def implementations_line(page: str, records: Sequence[Mapping[str, Any]], site: Site) -> str:
@@ -848,10 +893,14 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
 
     keras_page = check_keras_backends(table)
     keras_code = keras_snippets(keras_page) if keras_page is not None else {}
+    dp_page = check_data_parallel(table)
+    dp_code = column_snippets(dp_page, "data_parallel") if dp_page is not None else {}
 
     site = Site(table, snippets)
     if keras_page is not None:
         site.nav.append((KERAS_PAGE, "Keras backends"))
+    if dp_page is not None:
+        site.nav.append((DP_PAGE, "Data parallel"))
     if parity_records is not None:
         site.nav.append(("parity.html", "Parity"))
     if bench_doc is not None:
@@ -863,6 +912,9 @@ def build_site(out: str | Path, *, parity: str | Path | None = None, bench: str 
     if keras_page is not None:
         _keras_backends_page(site, keras_page, keras_code, parity_records)
         site.extra_sources.update(s.file for cols in keras_code.values() for ss in cols.values() for s in ss)
+    if dp_page is not None:
+        _data_parallel_page(site, dp_page, dp_code)
+        site.extra_sources.update(s.file for cols in dp_code.values() for ss in cols.values() for s in ss)
     for block in table["blocks"]:
         _block_page(site, block, model_ops)
     for i, name in enumerate(names, 1):

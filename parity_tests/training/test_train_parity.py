@@ -27,14 +27,17 @@ from ..conftest import ALL_FRAMEWORKS, needs
 FAMILIES: dict[str, dict] = {
     "alexnet": {"width_divisor": 4, "input_size": 64, "num_classes": 10, "dropout": 0.0},
     "vgg11_bn": {"width_divisor": 8, "input_size": 32, "num_classes": 10, "dropout": 0.0},
-    "googlenet": {"width_divisor": 4, "input_size": 64, "num_classes": 10, "dropout": 0.0, "dropout_aux": 0.0},
+    "googlenet": {"width_divisor": 8, "input_size": 64, "num_classes": 10, "dropout": 0.0, "dropout_aux": 0.0},
 }
 #: (batch size, seed of the weights and batches) per family. GoogLeNet at 64x64 has 2x2 maps
-#: in inception5 and 3x3/1 max pools everywhere: a batch of 8 keeps its batch-statistics
-#: BatchNorm well conditioned, and seed 0 has no max-pool near-tie that fp32 rounding flips
-#: (the PyTorch port's fp32 gradients match its fp64 ones to 6e-5 there; seed 4 has such a
-#: tie and differs by 0.2 from fp64 in any framework, see shared/verification/tolerances.py)
-DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 0)}
+#: in inception5 and a 3x3/1 max pool in every block: ~10^5 max-pool windows per step at batch 8,
+#: so most runs meet a window whose two largest values lie within fp32 rounding of each other.
+#: Where such a window is on the gradient's path, the argmax differs between frameworks (or
+#: between fp32 and fp64 in one) and the trajectories part by 0.1-0.8 by step 5. Widths /8 keep
+#: the window count down: seeds 1, 3 and 9 of 0-11 meet no such window in any implementation's 5
+#: steps (at widths /4, 1 seed of 24); seed 1's fp32 PyTorch gradients are 8.7e-5 from fp64.
+#: See shared/verification/tolerances.py, train-gradients
+DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 1)}
 #: lr 1e-4: from random_canonical weights (no BatchNorm in AlexNet) lr 1e-3 already makes the
 #: loss jump 5 -> 0.8 -> 14 within 3 steps, where fp32 rounding is amplified chaotically
 STEPS, LR = 5, 1e-4

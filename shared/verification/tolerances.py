@@ -64,10 +64,12 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         1e-3,
         "gradients of the training loss (dropout 0, aux heads weighted 0.3): measured up to "
         "4.9e-6 (AlexNet, VGG-BN) and 9.6e-5 (GoogLeNet); the PyTorch port in fp32 against itself "
-        "in fp64 differs by 6e-5 to 9e-5 on GoogLeNet (5 of 6 seeds). The 6th seed (4) puts two "
-        "values of a 3x3/1 max-pool window within fp32 rounding of each other: the argmax, and "
-        "with it the gradient's path, flips (0.2 from fp64 in any framework), so the test fixes "
-        "its seeds. Seeded faults give 0.75 and more (sum vs mean loss: x batch size; a missing "
+        "in fp64 differs by 4e-5 to 1.1e-4 on GoogLeNet where no max-pool window is near a tie. "
+        "Many seeds put two values of a 3x3/1 max-pool window within fp32 rounding of each other "
+        "(GoogLeNet at 64x64 has ~10^5 windows a step): the argmax, and with it the gradient's path, "
+        "flips (5e-3 to 0.2 from fp64 in any framework at the step where it happens, 0.1-0.8 in the "
+        "weights by step 5), so the test fixes a seed and size without one (widths /8, seed 1). "
+        "Seeded faults give 0.75 and more (sum vs mean loss: x batch size; a missing "
         "aux loss: the aux heads' gradients vanish).",
     ),
     ("cpu", "train-weights@1"): Tolerance(

@@ -146,6 +146,29 @@ def test_a_worker_carries_a_seeded_fault_to_the_right_layer():
         assert not r.passed and r.max_rel > 10 * r.tolerance and r.first_divergence == "block1_conv1"
 
 
+def test_labels_of_one_runtime_share_a_process_and_keep_their_own_ports_and_faults():
+    """``torch`` and ``keras/torch`` in one process (PyTorch loaded once), each with its own
+    port and model: a seeded fault applied to the Keras port in the live process breaks that
+    label only (the pair fails at the faulty layer), and undone, the pair passes again."""
+    if "keras/torch" not in ports.installed_implementations():
+        pytest.skip("keras/torch not installed")
+    from rosetta_cnn.verification.workers import runtime
+
+    assert [runtime(label) for label in ports.IMPLEMENTATIONS] == ["torch", "jax", "tensorflow", "jax", "torch"]
+    spec = parity_spec("vgg11", overrides=SMALL["vgg11"])
+    with WorkerPool(["torch", "keras/torch"], monitor=False) as p:
+        assert list(p.processes().values()) == [["torch", "keras/torch"]]
+        assert p.runner("torch").pid == p.runner("keras/torch").pid
+        p.runner("keras/torch").patch(["parity_tests.parity.faults:kernel_transpose_swaps_kh_kw"])
+        broken = model_parity(spec, ["torch", "keras/torch"], modes=["eval"], pool=p)
+        p.runner("keras/torch").unpatch()
+        fixed = model_parity(spec, ["torch", "keras/torch"], modes=["eval"], pool=p)
+    assert len(broken) == 2 and all(not r.passed and r.first_divergence == "block1_conv1" for r in broken)
+    assert all(r.passed for r in fixed), fixed
+    with WorkerPool(["torch", "keras/torch"], monitor=False, share_runtimes=False) as p:
+        assert sorted(p.processes().values()) == [["keras/torch"], ["torch"]]
+
+
 def test_a_dead_worker_fails_the_next_request_at_once_with_its_output(pool):
     w = pool.runner("torch")
     w.ready()

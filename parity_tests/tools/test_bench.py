@@ -11,7 +11,10 @@ from ..conftest import AVAILABLE
 
 # one configuration per framework, a VGG11 an eighth wide at 32x32: seconds per framework
 TINY = ["--models", "vgg11", "--set", "width_divisor=8", "--set", "num_classes=10", "--input", "32x32",
-        "--batch", "2", "--repeats", "1", "--warmup", "0", "--configs", "channels_last", "graph", "nnx_jit", "jax_jit"]
+        "--batch", "2", "--repeats", "1", "--warmup", "0",
+        # each framework's defaults: torch channels_last; Keras (TensorFlow) graph inference, xla training
+        # step; Flax nnx_jit / jax_jit
+        "--configs", "channels_last", "graph", "xla", "nnx_jit", "jax_jit"]
 RESULT_KEYS = {"model", "framework", "impl", "config", "mode", "batch", "default", "best", "build_s", "first_s",
                "times_s", "median_s", "spread", "images_per_s", "gflops", "roof_fraction", "peak_rss_mb"}
 

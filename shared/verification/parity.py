@@ -169,16 +169,26 @@ class LocalRunner:
         if path is None:
             self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
             return self.mod.export_weights(self.model, self.spec)
+        from ..core.canonical import check_tensors
         from .workers import read_tensors, write_random, write_tensors
 
         draw_path = f"{path}.draw"
         try:
             write_random(draw_path, draw, seed)
-            self.mod.import_weights(self.model, self.spec, read_tensors(draw_path))
+            drawn = read_tensors(draw_path)
+            self.mod.import_weights(self.model, self.spec, drawn)
             self._dirty, self._holds = False, None
-            write_tensors(path, self.spec, self.mod.export_weights(self.model, self.spec), framework=self.label)
-            drawn, exported = read_tensors(draw_path), read_tensors(path)
-            if all(np.array_equal(drawn[name], exported[name]) for name in drawn):
+            exported = self.mod.export_weights(self.model, self.spec)
+            check_tensors(self.spec, exported, source=f"the {self.label} export")
+            same = [True]
+
+            def compared() -> Iterable[tuple[str, np.ndarray]]:
+                for name in expected_tensors(self.spec):
+                    a = exported.pop(name)  # written, then dropped
+                    same[0] = same[0] and name in drawn and np.array_equal(drawn[name], a)
+                    yield name, a
+            write_tensors(path, self.spec, compared(), framework=self.label)
+            if same[0]:
                 # the export gave back the draw bit for bit: the model holds exactly what
                 # importing the export would give it, so the first run need not import it again
                 self._holds = path

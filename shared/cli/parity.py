@@ -52,7 +52,7 @@ def run_parity(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(models)}] {model}", file=sys.stderr, flush=True)
             t1 = time.perf_counter()
             records += model_parity(model, labels, input_size=size, devices=devices, per_layer=args.per_layer,
-                                    targets=args.targets, pool=pool,
+                                    targets=args.targets, pool=pool, draw_per_source=args.draw_per_source,
                                     progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
             if pool.monitor is not None:
                 print(f"  {model}: {time.perf_counter() - t1:.0f} s, peak {pool.monitor.mark() / 1024:.2f} GiB resident",
@@ -107,6 +107,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--targets", nargs="+", default=[], choices=list(ports.TARGETS), metavar="TARGET",
                    help=f"also run each implementation's export in these runtimes, eval mode, CPU "
                         f"({', '.join(ports.TARGETS)}: exported by the torch port, so torch must be installed)")
+    s.add_argument("--draw-per-source", action="store_true",
+                   help="a random draw of its own for each source implementation (every implementation then runs "
+                        "every source's export: n*n runs per model instead of n; by default all sources export "
+                        "one draw, and exports that agree bit for bit are run once)")
     s.add_argument("--json", metavar="FILE", help="write the records as JSON")
     s.add_argument("--png", metavar="FILE", help="write a heat map")
     s.add_argument("--out", metavar="DIR",

@@ -170,6 +170,25 @@ class MappedTensors(Mapping[str, np.ndarray]):
         return len(self._entries)
 
 
+def same_tensors(a: str, b: str, chunk: int = 1 << 23) -> bool:
+    """Whether two :func:`write_tensors` files hold the same tensors bit for bit (names, shapes,
+    data; the metadata may differ), read in ``chunk``-byte pieces (nothing is mapped, so the
+    comparing process's resident memory does not grow with the model)."""
+    ta, tb = MappedTensors(a), MappedTensors(b)
+    if ta._entries != tb._entries:
+        return False
+    left = max((e["data_offsets"][1] for e in ta._entries.values()), default=0)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(ta._base)
+        fb.seek(tb._base)
+        while left > 0:
+            n = min(chunk, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
 def read_tensors(path: str) -> MappedTensors:
     """The tensors of a :func:`write_tensors` file (:class:`MappedTensors`: nothing is read up front)."""
     return MappedTensors(path)

@@ -12,14 +12,17 @@ Configurations per backend (``CONFIGS``; the other implementations compile with
 
 * TensorFlow: ``graph`` (a ``tf.function`` running TensorFlow's oneDNN kernels; Keras'
   ``jit_compile="auto"`` on a CPU-only machine) and ``xla`` (``jit_compile=True``);
-* JAX: ``jit`` (Keras always jit-compiles its JAX steps; eager JAX dispatches op by op), also
-  in a ``no_ynn`` worker (``ENV_VARIANTS``: XLA's YNNPACK fusions off, as for Flax);
+* JAX: ``jit`` (Keras always jit-compiles its JAX steps; eager JAX dispatches op by op), with
+  the project's fast XLA CPU configuration (YNNPACK fusions off, ``core/xla.py``, set by
+  ``import rosetta_cnn.keras_impl`` on JAX, as for Flax), also in a ``ynn`` worker
+  (``ENV_VARIANTS``: ``ROSETTA_XLA_FAST=0``, XLA's own default, what a plain Keras-on-JAX user gets);
 * PyTorch: ``eager`` (Keras' default on this backend) and ``compile`` (``jit_compile=True``,
   which is ``torch.compile``).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable
 
 import keras
@@ -36,12 +39,10 @@ from .runtime import compiled, gpu_available
 from .train import COMPILATIONS, make_trainer
 
 BACKEND = keras.backend.backend()
-#: XLA's CPU flags without the YNNPACK fusions (see flax_impl/bench.py and docs/benchmarks.md):
-#: the same compiler runs Keras' JAX steps
-NO_YNN = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
-                       "-dot,-eltwise,-reduce,-individual_convolution,-individual_dot"}
-#: extra environment per worker process variant (XLA reads its flags once per process)
-ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}, **({"no_ynn": NO_YNN} if BACKEND == "jax" else {})}
+#: extra environment per worker process variant (XLA reads its flags once per process): on JAX,
+#: ``ynn`` is XLA's own CPU default (YNNPACK fusions on; see flax_impl/bench.py and
+#: docs/benchmarks.md), the baseline of the fast configuration every Keras-on-JAX process gets
+ENV_VARIANTS: dict[str, dict[str, str]] = {"": {}, **({"ynn": {"ROSETTA_XLA_FAST": "0"}} if BACKEND == "jax" else {})}
 #: backend -> configurations, in order; the trainer's ``COMPILATIONS`` name the same steps
 CONFIGS: dict[str, tuple[str, ...]] = {"tensorflow": ("graph", "xla"), "jax": ("jit",), "torch": ("eager", "compile")}
 #: backend -> the configuration ``runtime.forward`` runs (inference)
@@ -67,7 +68,10 @@ def setup(threads: int, device: str) -> dict[str, str]:
         import jax
         import jaxlib
 
-        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
+        from rosetta_cnn.core import xla
+
+        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__, fast_xla=str(xla.active()),
+                        xla_flags=os.environ.get("XLA_FLAGS", ""))
         if device == "gpu":
             versions["gpu"] = jax.devices("gpu")[0].device_kind
     else:

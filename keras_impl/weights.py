@@ -24,7 +24,7 @@ import numpy as np
 from rosetta_cnn.core.canonical import check_tensors, expected_tensors, load_canonical, save_canonical
 from rosetta_cnn.core.errors import WeightError
 from rosetta_cnn.core.files import atomic_named_path, check_names_shapes
-from rosetta_cnn.core.layout import flatten_inputs
+from rosetta_cnn.core.layout import channel_last_shape, flatten_inputs
 from rosetta_cnn.core.spec import Layer, ModelSpec
 from rosetta_cnn.formats.keras_applications import read_keras_h5
 
@@ -62,20 +62,27 @@ def export_weights(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]
 
 
 def import_weights(model: keras.Model, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
-    """Load canonical ``tensors`` into ``model``: check every name and shape, convert
-    everything, then assign, so that a failed import leaves the model unchanged."""
+    """Load canonical ``tensors`` into ``model``. Every name and shape is checked first (the
+    canonical shapes, and the Keras shape each tensor converts to against the model's
+    variable), so bad input leaves the model unchanged; then each tensor is converted and
+    assigned in turn, so the import holds one converted tensor at a time (converting all of
+    them before assigning any held 3.7x a VGG's weights on top of the model)."""
     check_tensors(spec, tensors)
     flat = flatten_inputs(spec)
-    updates = []
-    for name, layer, suffix, variable in variables(model, spec):
-        value = layout.tensor_to_framework(layer, suffix, tensors[name], flat.get(layer.name))
-        if value.shape != tuple(variable.shape):
-            raise WeightError(f"tensor {name!r} becomes shape {value.shape} in Keras but the model's variable "
+    targets = list(variables(model, spec))
+    for name, layer, suffix, variable in targets:
+        shape = channel_last_shape(layer, suffix, np.shape(tensors[name]))
+        if shape != tuple(variable.shape):
+            raise WeightError(f"tensor {name!r} becomes shape {shape} in Keras but the model's variable "
                               f"{variable.path!r} has shape {tuple(variable.shape)}: the model was built "
                               "from another spec")
-        updates.append((variable, value))
-    for variable, value in updates:
+    for name, layer, suffix, variable in targets:
+        value = layout.tensor_to_framework(layer, suffix, tensors[name], flat.get(layer.name))
+        if value.shape != tuple(variable.shape):  # a conversion that changed its rule
+            raise WeightError(f"tensor {name!r} converted to shape {value.shape} in Keras, not the shape "
+                              f"{tuple(variable.shape)} of {variable.path!r}")
         variable.assign(value)
+        del value
 
 
 def save_weights(model: keras.Model, spec: ModelSpec, path: str | os.PathLike) -> None:

@@ -112,6 +112,62 @@ def test_scratch_files_are_canonical_and_mapped_lazily(tmp_path):
     assert not (tmp_path / "bad.safetensors").exists() and os.listdir(tmp_path) == ["w.safetensors"]
 
 
+def test_same_tensors_compares_the_data_bit_for_bit_not_the_metadata(tmp_path):
+    from rosetta_cnn.core.canonical import random_canonical
+    from rosetta_cnn.verification.parity import same_weights
+    from rosetta_cnn.verification.workers import same_tensors
+
+    w = random_canonical(ALEXNET, 5)
+    a, b, c = (str(tmp_path / f"{n}.safetensors") for n in "abc")
+    write_tensors(a, ALEXNET, w, framework="torch")
+    write_tensors(b, ALEXNET, w, framework="flax")  # another header
+    name = sorted(w)[-1]
+    changed = {**w, name: np.nextafter(w[name], np.inf).astype(np.float32)}  # one ulp, in the last tensor
+    write_tensors(c, ALEXNET, changed, framework="torch")
+    assert same_tensors(a, b) and same_weights(a, b) and same_weights(w, dict(w))
+    assert not same_tensors(a, c) and not same_weights(a, c) and not same_weights(w, changed)
+    assert not same_tensors(a, c, chunk=4096)  # the difference found past the first chunks too
+    assert not same_weights({**w, name: -np.zeros_like(w[name])}, {**w, name: np.zeros_like(w[name])})  # -0.0
+
+
+class _Counting:
+    """A runner that counts its forward runs (and can perturb its export by one ulp)."""
+
+    def __init__(self, runner, perturb=False):
+        self.runner, self.perturb, self.runs = runner, perturb, 0
+        self.label = runner.label
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.runner.run(*args, **kwargs)
+
+    def export_random(self, *args, **kwargs):
+        out = self.runner.export_random(*args, **kwargs)
+        if self.perturb:
+            name = sorted(out)[0]
+            out = {**out, name: np.nextafter(out[name], np.inf).astype(np.float32)}
+        return out
+
+
+@pytest.mark.parametrize("draw_per_source, perturb, runs", [(False, False, 1), (True, False, 2), (False, True, 2)])
+def test_exports_that_agree_bit_for_bit_are_run_once(draw_per_source, perturb, runs):
+    """One draw for every source: the exports agree bit for bit, so each runner runs once (n
+    runs, not n * n) with the same ordered-pair records; a draw per source, or an export that
+    differs by one ulp, and every runner runs every distinct export."""
+    needs("torch", "flax")
+    from rosetta_cnn.verification.parity import LocalRunner, run_pairs
+
+    runners = [_Counting(LocalRunner("torch")), _Counting(LocalRunner("flax"), perturb=perturb)]
+    records = run_pairs(ALEXNET, runners, draw_per_source=draw_per_source)
+    assert [(r.source, r.target, r.mode) for r in records] == [
+        ("torch", "flax", "eval"), ("flax", "torch", "eval"), ("torch", "flax", "train"), ("flax", "torch", "train")]
+    assert all(r.passed for r in records), records
+    assert [r.runs for r in runners] == [runs, runs]
+
+
 # -- workers -------------------------------------------------------------------------------
 
 
@@ -144,6 +200,29 @@ def test_a_worker_carries_a_seeded_fault_to_the_right_layer():
     assert len(records) == 2
     for r in records:
         assert not r.passed and r.max_rel > 10 * r.tolerance and r.first_divergence == "block1_conv1"
+
+
+def test_labels_of_one_runtime_share_a_process_and_keep_their_own_ports_and_faults():
+    """``torch`` and ``keras/torch`` in one process (PyTorch loaded once), each with its own
+    port and model: a seeded fault applied to the Keras port in the live process breaks that
+    label only (the pair fails at the faulty layer), and undone, the pair passes again."""
+    if "keras/torch" not in ports.installed_implementations():
+        pytest.skip("keras/torch not installed")
+    from rosetta_cnn.verification.workers import runtime
+
+    assert [runtime(label) for label in ports.IMPLEMENTATIONS] == ["torch", "jax", "tensorflow", "jax", "torch"]
+    spec = parity_spec("vgg11", overrides=SMALL["vgg11"])
+    with WorkerPool(["torch", "keras/torch"], monitor=False) as p:
+        assert list(p.processes().values()) == [["torch", "keras/torch"]]
+        assert p.runner("torch").pid == p.runner("keras/torch").pid
+        p.runner("keras/torch").patch(["parity_tests.parity.faults:kernel_transpose_swaps_kh_kw"])
+        broken = model_parity(spec, ["torch", "keras/torch"], modes=["eval"], pool=p)
+        p.runner("keras/torch").unpatch()
+        fixed = model_parity(spec, ["torch", "keras/torch"], modes=["eval"], pool=p)
+    assert len(broken) == 2 and all(not r.passed and r.first_divergence == "block1_conv1" for r in broken)
+    assert all(r.passed for r in fixed), fixed
+    with WorkerPool(["torch", "keras/torch"], monitor=False, share_runtimes=False) as p:
+        assert sorted(p.processes().values()) == [["keras/torch"], ["torch"]]
 
 
 def test_a_dead_worker_fails_the_next_request_at_once_with_its_output(pool):

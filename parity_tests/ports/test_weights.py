@@ -12,7 +12,7 @@ from rosetta_cnn.core import ports
 from rosetta_cnn.core.canonical import expected_tensors, load_canonical, random_canonical, read_metadata, save_canonical
 from rosetta_cnn.core.files import atomic_path
 
-from ..conftest import SMALL
+from ..conftest import SMALL, needs
 
 MODELS = ["alexnet_paper", "vgg11_bn", "googlenet"]
 
@@ -138,3 +138,36 @@ def test_save_refuses_wrong_tensors(tmp_path):
     with pytest.raises(WeightError, match="1 missing tensor"):
         save_canonical(tmp_path / "x.safetensors", spec, w)
     assert not list(tmp_path.iterdir())
+
+
+def test_channel_last_shapes_are_the_shapes_the_conversion_gives():
+    """The Keras import checks every tensor's channel-last shape (``core.layout.channel_last_shape``)
+    against the model before it converts any (then converts and assigns one at a time)."""
+    from rosetta_cnn.core import layout
+
+    for model, overrides in SMALL.items():
+        spec = load_spec(model, overrides)
+        flat = layout.flatten_inputs(spec)
+        for name, shape in expected_tensors(spec).items():
+            layer_name, suffix = name.rsplit(".", 1)
+            layer = spec.layer(layer_name)
+            converted = layout.convert_tensor(layer, suffix, np.zeros(shape, np.float32), flat.get(layer_name),
+                                              conv=layout.conv_kernel_to_hwio, linear=layout.linear_kernel_to_io)
+            assert layout.channel_last_shape(layer, suffix, shape) == converted.shape, (model, name)
+
+
+def test_keras_initialiser_drawn_in_blocks_gives_the_values_of_one_draw(monkeypatch):
+    """``keras_impl.layers.GlorotUniform`` draws in blocks (no float64 copy of a 100M-value
+    kernel): the same values as one float64 draw cast to float32, last block ragged."""
+    needs("keras")
+    import math
+
+    from rosetta_cnn.keras_impl.layers import GlorotUniform
+
+    monkeypatch.setattr(GlorotUniform, "BLOCK", 999)
+    shape = (3, 3, 40, 50)  # 18000 values: 18 full blocks and a ragged one
+    got = np.asarray(GlorotUniform(7)(shape, "float32"))
+    limit = math.sqrt(6.0 / ((40 + 50) * 9))
+    want = np.random.default_rng(7).uniform(-limit, limit, size=shape).astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, want)

@@ -17,9 +17,9 @@ from ..conftest import needs
 CHILD = "import os, rosetta_cnn.flax_impl, jax; jax.devices(); print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))"
 
 
-def _child(env_extra):
+def _child(env_extra, code=CHILD):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla.ENV_SWITCH)}
-    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**env, **env_extra})
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split("FLAGS=", 1)[1].strip()
@@ -52,6 +52,20 @@ def test_importing_the_flax_port_sets_the_flags_unless_switched_off_or_unsupport
     (tmp_path / "rosetta-cnn").mkdir()
     (tmp_path / "rosetta-cnn" / "xla-flags.json").write_text(json.dumps({key: False}))
     assert _child({"XDG_CACHE_HOME": str(tmp_path)}) == ""
+
+
+def test_importing_the_keras_port_on_jax_sets_the_flags_unless_switched_off():
+    """Keras on JAX runs the same XLA as Flax: ``import rosetta_cnn.keras_impl`` gives it the
+    fast configuration too (on TensorFlow and PyTorch it leaves XLA_FLAGS alone)."""
+    from rosetta_cnn.core import ports
+
+    if "keras/jax" not in ports.installed_implementations():
+        pytest.skip("keras/jax not installed")
+    code = CHILD.replace("rosetta_cnn.flax_impl", "rosetta_cnn.keras_impl")
+    assert _child({"KERAS_BACKEND": "jax"}, code) == xla.FAST_FLAGS
+    assert _child({"KERAS_BACKEND": "jax", xla.ENV_SWITCH: "0"}, code) == ""
+    if "keras/torch" in ports.installed_implementations():
+        assert _child({"KERAS_BACKEND": "torch"}, code.replace(", jax; jax.devices()", "")) == ""
 
 
 def test_the_persistent_compilation_cache_is_configured_for_jax_processes(monkeypatch):

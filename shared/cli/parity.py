@@ -34,8 +34,10 @@ def run_parity(args: argparse.Namespace) -> int:
     devices = {"cpu": ["cpu"], "gpu": ["gpu"], "all": ["cpu", "gpu"]}[args.device]
     t0 = time.perf_counter()
     records = []
-    print(f"implementations: {', '.join(labels)} (one worker process each)", file=sys.stderr, flush=True)
     with WorkerPool(labels) as pool:
+        hosts = [" + ".join(group) for group in pool.processes().values()]
+        print(f"implementations: {', '.join(labels)} ({len(hosts)} worker processes, labels of one runtime "
+              f"share one: {'; '.join(hosts)})", file=sys.stderr, flush=True)
         if "gpu" in devices:
             gpu_fws = gpu_frameworks(labels, pool)
             if len(gpu_fws) < len(labels):
@@ -50,12 +52,13 @@ def run_parity(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(models)}] {model}", file=sys.stderr, flush=True)
             t1 = time.perf_counter()
             records += model_parity(model, labels, input_size=size, devices=devices, per_layer=args.per_layer,
-                                    targets=args.targets, pool=pool,
+                                    targets=args.targets, pool=pool, draw_per_source=args.draw_per_source,
                                     progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
             if pool.monitor is not None:
                 print(f"  {model}: {time.perf_counter() - t1:.0f} s, peak {pool.monitor.mark() / 1024:.2f} GiB resident",
                       file=sys.stderr, flush=True)
         versions = pool.versions()
+        processes = list(pool.processes().values())
         memory = pool.close()
         timings = {label: {k: round(v, 1) for k, v in t.items()} for label, t in pool.timings().items()}
     seconds = time.perf_counter() - t0
@@ -65,7 +68,7 @@ def run_parity(args: argparse.Namespace) -> int:
             print()
             print(format_layers(r))
     run = {"models": len(models), "implementations": labels, "seconds": round(seconds, 1), "memory": memory,
-           "versions": versions, "worker_seconds": timings}
+           "versions": versions, "worker_seconds": timings, "worker_processes": processes}
     summary = f"{len(models)} model(s), {len(labels)} implementations ({', '.join(labels)}), {seconds:.0f} s"
     print(f"\n{summary}\n{format_memory(memory)}")
     as_json = json.dumps([r.to_json() for r in records], indent=2)
@@ -92,7 +95,7 @@ def run_parity(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("parity", help="cross-implementation parity matrix (one worker process per implementation)")
+    s = sub.add_parser("parity", help="cross-implementation parity matrix (one worker process per framework runtime)")
     s.add_argument("--models", nargs="+", metavar="MODEL", help="bundled models or path/to/spec.json:model")
     s.add_argument("--frameworks", nargs="+", type=label_arg, metavar="LABEL",
                    help=f"implementations to compare ({', '.join(ports.LABELS)}; 'keras' is Keras on $KERAS_BACKEND, "
@@ -104,6 +107,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--targets", nargs="+", default=[], choices=list(ports.TARGETS), metavar="TARGET",
                    help=f"also run each implementation's export in these runtimes, eval mode, CPU "
                         f"({', '.join(ports.TARGETS)}: exported by the torch port, so torch must be installed)")
+    s.add_argument("--draw-per-source", action="store_true",
+                   help="a random draw of its own for each source implementation (every implementation then runs "
+                        "every source's export: n*n runs per model instead of n; by default all sources export "
+                        "one draw, and exports that agree bit for bit are run once)")
     s.add_argument("--json", metavar="FILE", help="write the records as JSON")
     s.add_argument("--png", metavar="FILE", help="write a heat map")
     s.add_argument("--out", metavar="DIR",

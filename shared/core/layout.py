@@ -165,6 +165,19 @@ def convert_tensor(layer: Layer, suffix: str, t: Any, flattened_chw: CHW | None,
     return linear(t, flattened_chw)
 
 
+def channel_last_shape(layer: Layer, suffix: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape :func:`convert_tensor` gives a canonical tensor of ``shape`` in the channel-last
+    layout, without converting anything (so an import can check every tensor against the
+    model's variables before it converts and assigns them one at a time)."""
+    shape = tuple(shape)
+    if suffix != "weight" or layer.op == "batch_norm":
+        return shape  # [C] in both layouts
+    if layer.op == "conv2d":
+        o, i, kh, kw = shape
+        return (kh, kw, i, o)  # [O, I/groups, kH, kW] -> [kH, kW, I/groups, O]
+    return shape[::-1]  # [out, in] -> [in, out]
+
+
 # ---------------------------------------------------------------------------
 # windows of the ops the NHWC frameworks lack
 

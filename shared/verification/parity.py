@@ -3,9 +3,9 @@
 For one model and every ordered pair (source, target) of implementations (labels of
 ``core/ports.py``: torch, flax, keras/tensorflow, keras/jax, keras/torch):
 
-1. draw non-trivial random weights in the canonical layout (``random_canonical``; a
-   different draw per source), load them into the source and export them back out of it:
-   what is ported is the source's own export;
+1. draw non-trivial random weights in the canonical layout (``random_canonical``; one draw
+   for every source, or one per source), load them into the source and export them back out
+   of it: what is ported is the source's own export;
 2. import the export into the target (and into the source, to get its own output);
 3. feed the same NCHW input (each framework transposes it to its layout) and compare the
    logits, in eval mode, and in training mode with dropout 0 (BatchNorm on batch statistics,
@@ -17,8 +17,8 @@ For one model and every ordered pair (source, target) of implementations (labels
 this process, ``verification/workers.py`` runs each in a long-lived process of its own (Keras
 fixes its backend at import; ``rosetta parity`` uses those). Each runner builds its model once
 per model (or, when the weights of all implementations together would not fit
-:data:`KEEP_MODELS_BYTES`, one model is alive at a time and each runner but one builds twice),
-imports each source's export once and runs eval then train on it.
+:data:`KEEP_MODELS_BYTES`, one model is alive at a time), imports each distinct export once
+(sources whose exports are the same bit for bit share one run) and runs eval then train on it.
 
 The frameworks are imported lazily through ``core/ports.py``.
 """
@@ -169,16 +169,26 @@ class LocalRunner:
         if path is None:
             self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
             return self.mod.export_weights(self.model, self.spec)
+        from ..core.canonical import check_tensors
         from .workers import read_tensors, write_random, write_tensors
 
         draw_path = f"{path}.draw"
         try:
             write_random(draw_path, draw, seed)
-            self.mod.import_weights(self.model, self.spec, read_tensors(draw_path))
+            drawn = read_tensors(draw_path)
+            self.mod.import_weights(self.model, self.spec, drawn)
             self._dirty, self._holds = False, None
-            write_tensors(path, self.spec, self.mod.export_weights(self.model, self.spec), framework=self.label)
-            drawn, exported = read_tensors(draw_path), read_tensors(path)
-            if all(np.array_equal(drawn[name], exported[name]) for name in drawn):
+            exported = self.mod.export_weights(self.model, self.spec)
+            check_tensors(self.spec, exported, source=f"the {self.label} export")
+            same = [True]
+
+            def compared() -> Iterable[tuple[str, np.ndarray]]:
+                for name in expected_tensors(self.spec):
+                    a = exported.pop(name)  # written, then dropped
+                    same[0] = same[0] and name in drawn and np.array_equal(drawn[name], a)
+                    yield name, a
+            write_tensors(path, self.spec, compared(), framework=self.label)
+            if same[0]:
                 # the export gave back the draw bit for bit: the model holds exactly what
                 # importing the export would give it, so the first run need not import it again
                 self._holds = path
@@ -243,6 +253,22 @@ def _trim_heap() -> None:
         pass
 
 
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two exports hold the same tensors bit for bit: canonical files (compared in
+    chunks, nothing mapped) or mappings of arrays."""
+    if isinstance(a, str) and isinstance(b, str):
+        from .workers import same_tensors
+
+        return same_tensors(a, b)
+    if isinstance(a, str) or isinstance(b, str):
+        return False
+    def raw(t: Any) -> np.ndarray:
+        return np.ascontiguousarray(t).reshape(-1).view(np.uint8)
+    return a.keys() == b.keys() and all(np.asarray(a[n]).dtype == np.asarray(b[n]).dtype
+                                        and np.shape(a[n]) == np.shape(b[n]) and np.array_equal(raw(a[n]), raw(b[n]))
+                                        for n in a)
+
+
 def build_order(labels: Sequence[str]) -> list[int]:
     """The order in which :func:`run_pairs` visits the runners when it keeps one model at a
     time: the last one is never rebuilt, so the JAX-based implementations (whose initialisers
@@ -267,20 +293,27 @@ def run_pairs(
     target_runner: Callable[[str], Any] | None = None,
     scratch: str | None = None,
     keep_models: bool = True,
+    draw_per_source: bool = False,
     progress: Progress | None = None,
 ) -> list[Record]:
     """Parity records of one model for every ordered pair of ``runners`` (each a
     :class:`LocalRunner` or a worker process with the same methods; ``specs`` their own specs).
 
-    Each source's random draw (``seed + 101 * (its index + 1)``) is imported into the source and
-    exported back out (to a canonical file in ``scratch`` when given, so that workers read it);
-    every runner imports each export once and runs eval then train on it. With
-    ``keep_models`` every runner builds its model once and keeps it; without, only one model
-    is alive at a time: runner k (in :func:`build_order`) builds, exports, runs the exports that
-    exist and frees its model, then each runner but the last builds once more for the exports
-    that came after it. A pair past tolerance is re-run layer by layer for the first-divergence
-    report (``per_layer``: every pair, from the first runs). Records come in the order device,
-    mode, source, target (indices of ``runners``); then the ``targets`` (``target_runner(name)``
+    Each source imports a random draw (``seed + 101``; with ``draw_per_source``, source k's
+    own ``seed + 101 * (k + 1)``) and exports it back out (to a canonical file in ``scratch``
+    when given, so that workers read it). Sources whose exports hold the same tensors bit for
+    bit (:func:`same_weights`: every port that round-trips the draw exactly) form one group:
+    every runner imports each group's weights once and runs eval then train on them, and the
+    record of pair (source k, target j) compares j's outputs on k's group's weights with k's.
+    So five implementations whose exports agree take 5 runs per mode instead of 25, with the
+    same 20 ordered-pair records; an export that differs (a port that changes what it
+    exports) is a group of its own, run by every runner as before. With ``keep_models``
+    every runner builds its model once and keeps it; without, only one model is alive at a
+    time: runner k (in :func:`build_order`) builds, exports, runs the groups that exist and
+    frees its model, then each runner that has not run a later group builds once more for
+    it. A pair past tolerance is re-run layer by layer for the first-divergence report
+    (``per_layer``: every pair, from the first runs). Records come in the order device, mode,
+    source, target (indices of ``runners``); then the ``targets`` (``target_runner(name)``
     runs them) and the cpu-vs-gpu records.
     """
     say = progress or (lambda msg: None)
@@ -306,25 +339,39 @@ def run_pairs(
             built.discard(i)
 
     exports: dict[int, Any] = {}
-    outs: dict[tuple[int, int], dict[str, dict[str, dict[str, np.ndarray]]]] = {}  # (runner, source) -> device -> mode
+    group: dict[int, int] = {}  # source -> the first source whose export holds the same tensors
+    #: (runner, group) -> device -> mode -> outputs
+    outs: dict[tuple[int, int], dict[str, dict[str, dict[str, np.ndarray]]]] = {}
 
-    def run_on(i: int, k: int) -> None:
+    def run_on(i: int, g: int) -> None:
+        # a runner in the group runs its own export (its model may hold it already)
+        k = i if group.get(i) == g else g
         say(f"{spec.name}: {labels[i]} runs {labels[k]}'s export" if i != k else f"{spec.name}: {labels[i]} runs its own export")
-        outs[i, k] = {device: ready(i).run(exports[k], x, modes, device, per_layer) for device in devices}
+        outs[i, g] = {device: ready(i).run(exports[k], x, modes, device, per_layer) for device in devices}
+
+    def out(i: int, k: int) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+        """Runner i's outputs on source k's export."""
+        return outs[i, group[k]]
 
     order = build_order(labels)
     try:
         for pos, k in enumerate(order):
             say(f"{spec.name}: {labels[k]} exports its random draw")
             path = os.path.join(scratch, f"{spec.name}-{k}.safetensors") if scratch else None
-            exports[k] = ready(k).export_random(spec, seed + 101 * (k + 1), path)
-            for s in order[:pos + 1]:
-                run_on(k, s)
+            exports[k] = ready(k).export_random(spec, seed + 101 * ((k + 1) if draw_per_source else 1), path)
+            groups = list(dict.fromkeys(group.values()))
+            group[k] = next((g for g in groups if not draw_per_source and same_weights(exports[g], exports[k])), k)
+            if group[k] != k:
+                say(f"{spec.name}: {labels[k]}'s export is {labels[group[k]]}'s, bit for bit")
+            for g in dict.fromkeys(group.values()):
+                if (k, g) not in outs:
+                    run_on(k, g)
             if not keep_models:
                 release(k)  # the last one too: phase B needs only the others
-        for pos, k in enumerate(order[:-1]):
-            for s in order[pos + 1:]:
-                run_on(k, s)
+        for k in order[:-1]:
+            for g in dict.fromkeys(group.values()):
+                if (k, g) not in outs:
+                    run_on(k, g)
             if not keep_models:
                 release(k)
 
@@ -333,11 +380,11 @@ def run_pairs(
             for m, mode in enumerate(modes):
                 tol = tolerance(device, mode).rel
                 for k in range(n):
-                    ref_out = outs[k, k][device][mode]
+                    ref_out = out(k, k)[device][mode]
                     for j in range(n):
                         if j == k:
                             continue
-                        got_out = outs[j, k][device][mode]
+                        got_out = out(j, k)[device][mode]
                         rec = _record(spec, labels[k], labels[j], mode, device, tol, ref_out, got_out)
                         if per_layer or not rec.passed:
                             ref = ref_out if per_layer else ready(k).run(exports[k], x, [mode], device, True)[mode]
@@ -352,7 +399,7 @@ def run_pairs(
                 for t, tgt in enumerate(targets):
                     runner = target_runner(tgt) if target_runner else runners[k]
                     got = runner.target(tgt, spec, exports[k], x)
-                    rec = _record(spec, labels[k], tgt, "eval", "cpu", tol, outs[k, k]["cpu"]["eval"], got)
+                    rec = _record(spec, labels[k], tgt, "eval", "cpu", tol, out(k, k)["cpu"]["eval"], got)
                     records.append(((1, k, t), rec))
                     say(f"{spec.name}: {labels[k]:>5} -> {tgt:<5} eval  cpu: max_rel {rec.max_rel:.2e} "
                         f"{'ok' if rec.passed else 'FAIL'}")
@@ -361,7 +408,7 @@ def run_pairs(
                 tol = tolerance("cpu-vs-gpu", mode).rel
                 for k in range(n):
                     records.append(((2, m, k), _record(spec, labels[k], labels[k], mode, "cpu-vs-gpu", tol,
-                                                       outs[k, k]["cpu"][mode], outs[k, k]["gpu"][mode])))
+                                                       out(k, k)["cpu"][mode], out(k, k)["gpu"][mode])))
     finally:
         for i in list(built):
             release(i)
@@ -394,6 +441,7 @@ def model_parity(
     targets: Sequence[str] = (),
     progress: Progress | None = None,
     pool: Any = None,
+    draw_per_source: bool = False,
 ) -> list[Record]:
     """Parity records for every ordered pair of ``frameworks`` (implementation labels) on one model.
 
@@ -407,6 +455,9 @@ def model_parity(
     Without ``pool`` every implementation runs in this process (so a Keras label must match
     the backend Keras runs on here); with a :class:`~rosetta_cnn.verification.workers.WorkerPool`
     each runs in its worker process, and the models are freed when the model is done.
+
+    ``draw_per_source`` gives each source a random draw of its own (every runner then runs
+    every source's export: n * n runs instead of n when the exports agree; :func:`run_pairs`).
     """
     spec = model if isinstance(model, ModelSpec) else parity_spec(model, input_size)
     say = progress or (lambda msg: None)
@@ -428,7 +479,8 @@ def model_parity(
     try:
         return run_pairs(spec, runners, specs=[(specs or {}).get(f, spec) for f in frameworks], modes=list(modes),
                          devices=list(devices), seed=seed, batch=batch, per_layer=per_layer, targets=targets,
-                         target_runner=target_runner, scratch=scratch, keep_models=keep, progress=progress)
+                         target_runner=target_runner, scratch=scratch, keep_models=keep, draw_per_source=draw_per_source,
+                         progress=progress)
     finally:
         for r in runners:
             r.free()

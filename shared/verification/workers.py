@@ -1,23 +1,27 @@
-"""One long-lived process per implementation, for parity runs across frameworks and Keras backends.
+"""Long-lived worker processes for parity runs across frameworks and Keras backends.
 
 Keras fixes its backend when it is first imported, and three frameworks in one process hold
 every framework's runtime, thread pools and caches at once (the single-process
-``rosetta parity`` peaked at 12.5 GB). So each implementation label (``core/ports.py``) gets a
-:class:`Worker`: ``python -m rosetta_cnn.verification.workers LABEL FD_IN FD_OUT``, started
-with the label's environment (``KERAS_BACKEND``; for JAX the fast XLA flags,
-``core/xla.py``). The parent sends requests over a pipe and the worker answers them one at a
-time with :class:`~rosetta_cnn.verification.parity.LocalRunner`'s methods (build a model once,
-export a random draw, import a canonical file and run eval and train, free the model), so
-:func:`~rosetta_cnn.verification.parity.run_pairs` runs the same pairs in-process or across
-workers. Weights travel as canonical safetensors files in a scratch folder
+``rosetta parity`` peaked at 12.5 GB). So each framework *runtime* gets a
+:class:`WorkerProcess`: ``python -m rosetta_cnn.verification.workers LABEL[,LABEL] FD_IN FD_OUT``,
+started with that runtime's environment (:func:`runtime_env`: ``KERAS_BACKEND``; for JAX the fast
+XLA flags, ``core/xla.py``). A process hosts the implementation labels (``core/ports.py``) of
+its runtime: ``torch`` and ``keras/torch``, ``flax`` and ``keras/jax``, ``keras/tensorflow``
+(:class:`WorkerPool` ``share_runtimes``; or one process per label), each label with its own port
+and model (:class:`Worker`). The parent sends requests over a pipe and the process answers
+them one at a time with :class:`~rosetta_cnn.verification.parity.LocalRunner`'s methods (build
+a model once, export a random draw, import a canonical file and run eval and train, free the
+model), so :func:`~rosetta_cnn.verification.parity.run_pairs` runs the same pairs in-process or
+across workers. Weights travel as canonical safetensors files in a scratch folder
 (:func:`write_tensors` / :func:`read_tensors`: no fsync, no extra copy, read by memory map);
 outputs come back pickled over the pipe (between this project's own processes only).
 
-Workers fail loudly: a worker that dies fails the request at once with the tail of its
-stderr; every wait has a timeout; :class:`WorkerPool` shuts them down (and kills what does not
+Workers fail loudly: a process that dies fails the request at once with the tail of its
+output; every wait has a timeout; :class:`WorkerPool` shuts them down (and kills what does not
 stop) on exit. :class:`MemoryMonitor` samples the resident memory of the whole process tree.
 :meth:`Worker.training_run` runs ``verification.training.training_run`` in the worker and
-returns its ``TrainingRun``, so training-step parity can span Keras backends too.
+returns its ``TrainingRun``, so training-step parity can span Keras backends too;
+:meth:`Worker.patch` / :meth:`Worker.unpatch` apply and undo seeded faults in a live worker.
 """
 from __future__ import annotations
 
@@ -166,6 +170,25 @@ class MappedTensors(Mapping[str, np.ndarray]):
         return len(self._entries)
 
 
+def same_tensors(a: str, b: str, chunk: int = 1 << 23) -> bool:
+    """Whether two :func:`write_tensors` files hold the same tensors bit for bit (names, shapes,
+    data; the metadata may differ), read in ``chunk``-byte pieces (nothing is mapped, so the
+    comparing process's resident memory does not grow with the model)."""
+    ta, tb = MappedTensors(a), MappedTensors(b)
+    if ta._entries != tb._entries:
+        return False
+    left = max((e["data_offsets"][1] for e in ta._entries.values()), default=0)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(ta._base)
+        fb.seek(tb._base)
+        while left > 0:
+            n = min(chunk, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
 def read_tensors(path: str) -> MappedTensors:
     """The tensors of a :func:`write_tensors` file (:class:`MappedTensors`: nothing is read up front)."""
     return MappedTensors(path)
@@ -207,7 +230,9 @@ class MemoryMonitor:
     ``peak_rss_mb``: resident set (``VmRSS``) summed over the processes, sampled every
     ``interval``: pages of a shared library count once per process that maps it, so this
     overstates physical memory; ``peak_pss_mb``: proportional set size (shared pages split among
-    the processes sharing them), sampled every ``pss_every`` intervals; ``hwm_sum_mb`` (set
+    the processes sharing them), sampled near the resident peak (at least 95% of it) and at
+    most every ``pss_every`` intervals (the kernel walks every page table of every process for
+    it: sampled each second, 5% of a parity run's CPU time); ``hwm_sum_mb`` (set
     by :meth:`record_high_water_marks`): each process's own peak (``VmHWM``) summed, an upper
     bound that no sampling can miss.
     """
@@ -216,6 +241,7 @@ class MemoryMonitor:
         self.pids, self.interval, self.pss_every = pids, interval, pss_every
         self.peak_rss_mb = self.peak_pss_mb = self.since_mark_mb = 0.0
         self.peak_processes = 0
+        self._pss_at = -math.inf  # when PSS was last sampled
         self.hwm: dict[int, float] = {}
         self.names: dict[int, str] = {}
         self.at_peak: dict[int, float] = {}  # each process's resident memory at the peak
@@ -233,14 +259,14 @@ class MemoryMonitor:
         self.since_mark_mb = max(self.since_mark_mb, rss)
         if rss > self.peak_rss_mb:
             self.peak_rss_mb, self.peak_processes, self.at_peak = rss, len(pids), each
-        if pss:
+        now = time.monotonic()
+        if pss or (rss >= 0.95 * self.peak_rss_mb and now - self._pss_at >= self.pss_every * self.interval):
+            self._pss_at = now
             self.peak_pss_mb = max(self.peak_pss_mb, sum(_pss(p) for p in pids))
 
     def _loop(self) -> None:
-        n = 0
         while not self._stop.wait(self.interval):
-            self.sample(pss=n % self.pss_every == 0)
-            n += 1
+            self.sample()
 
     def mark(self) -> float:
         """The peak resident memory (MiB, summed) since the previous mark, and a new mark."""
@@ -283,46 +309,65 @@ def format_memory(m: Mapping[str, Any]) -> str:
 # the parent's side
 
 
-class Worker:
-    """One implementation's process; the methods of
-    :class:`~rosetta_cnn.verification.parity.LocalRunner`, run there."""
+def runtime(label: str) -> str:
+    """The framework runtime a label's process loads: ``torch`` (the PyTorch port and Keras on
+    PyTorch), ``jax`` (Flax and Keras on JAX) or ``tensorflow`` (Keras on TensorFlow). Labels of
+    one runtime can share a process (:class:`WorkerPool` ``share_runtimes``)."""
+    impl = ports.resolve(label)
+    return impl.backend or {"flax": "jax"}.get(impl.framework, impl.framework)
 
-    def __init__(self, label: str, *, log_dir: str, start_timeout: float = START_TIMEOUT,
-                 request_timeout: float = REQUEST_TIMEOUT, patches: Sequence[str] = ()):
-        impl = ports.require(label)
-        self.label, self.implementation = label, impl.name
-        self.request_timeout = request_timeout
-        env = {**os.environ, **impl.env(), "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        if impl.framework == "flax" or impl.backend == "jax":
-            env.update(xla.fast_env(env))
-            env.update(xla.cache_env(env))
-        if impl.backend == "tensorflow":
-            # TensorFlow's oneDNN build pools freed CPU memory and never returns it (a worker that
-            # had run VGG19 would hold its 1.5 GB for the rest of the run); the system allocator does
-            env.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
-        self.log_path = os.path.join(log_dir, f"{label.replace('/', '-')}.log")
+
+def runtime_env(name: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker process for runtime ``name``: ``KERAS_BACKEND`` (so that the
+    process can host Keras on that runtime), for JAX the fast XLA flags and the persistent
+    compilation cache (``core/xla.py``), for TensorFlow its system allocator."""
+    env = {**(os.environ if base is None else base), "KERAS_BACKEND": name,
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if name == "jax":
+        env.update(xla.fast_env(env))
+        env.update(xla.cache_env(env))
+    if name == "tensorflow":
+        # TensorFlow's oneDNN build pools freed CPU memory and never returns it (a worker that
+        # had run VGG19 would hold its 1.5 GB for the rest of the run); the system allocator does
+        env.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+    return env
+
+
+class WorkerProcess:
+    """One worker process: ``python -m rosetta_cnn.verification.workers LABEL[,LABEL...] FD_IN
+    FD_OUT``, hosting one or more implementation labels of one runtime (each label's port
+    imported once, each with its own model). Requests go one at a time over a pipe, each
+    naming its label; every wait has a deadline, and a process that dies fails the request at
+    once with the tail of its output."""
+
+    def __init__(self, name: str, labels: Sequence[str], *, log_dir: str, start_timeout: float = START_TIMEOUT):
+        self.name, self.labels = name, list(labels)
+        self.log_path = os.path.join(log_dir, f"{name}-{'+'.join(labels).replace('/', '-')}.log")
         self._log = open(self.log_path, "wb")
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", MODULE, label, str(child_in), str(child_out)],
+            self.proc = subprocess.Popen([sys.executable, "-m", MODULE, ",".join(labels), str(child_in), str(child_out)],
                                          pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=subprocess.STDOUT, env=env)
+                                         stdout=self._log, stderr=subprocess.STDOUT, env=runtime_env(name))
         finally:
             os.close(child_in)
             os.close(child_out)
         self._send_conn = Connection(parent_out, readable=False)
         self._recv_conn = Connection(parent_in, writable=False)
         self._deadline_start = time.monotonic() + start_timeout
-        self.info: dict[str, Any] | None = None
-        self.timings: dict[str, float] = {}  # request -> seconds spent waiting for it
-        self.built = False  # whether the worker holds a model
+        self.infos: dict[str, dict[str, Any]] | None = None
+        self.start_seconds = 0.0
         self._stopping = False
-        self._patches = list(patches)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def title(self) -> str:
+        """The labels it hosts, for reports (``torch+keras/torch``)."""
+        return "+".join(self.labels)
 
     def _stderr_tail(self, chars: int = 4000) -> str:
         try:
@@ -340,7 +385,7 @@ class Worker:
             rc = None
         tail = self._stderr_tail()
         how = f"exited with code {rc}" if rc is not None else "closed its pipe"
-        return WorkerError(f"the {self.label} worker (pid {self.pid}) {how} while {doing}"
+        return WorkerError(f"the {self.title} worker (pid {self.pid}) {how} while {doing}"
                            + (f"; its output ends:\n{tail}" if tail else "; it wrote nothing"))
 
     def _receive(self, doing: str, deadline: float) -> Any:
@@ -354,39 +399,116 @@ class Worker:
                 raise self._died(doing)
             if time.monotonic() > deadline:
                 self.kill()
-                raise WorkerError(f"the {self.label} worker (pid {self.pid}) did not finish {doing} in time; "
+                raise WorkerError(f"the {self.title} worker (pid {self.pid}) did not finish {doing} in time; "
                                   f"killed it. Its output ends:\n{self._stderr_tail()}")
 
-    def ready(self) -> dict[str, Any]:
-        """Wait until the worker has imported its port; its versions and pid."""
-        if self.info is None:
+    def ready(self) -> dict[str, dict[str, Any]]:
+        """Wait until the process has imported the ports of its first labels; label -> versions and pid."""
+        if self.infos is None:
             t0 = time.perf_counter()
             status, payload = self._receive("starting", self._deadline_start)
-            self.timings["start"] = time.perf_counter() - t0
+            self.start_seconds = time.perf_counter() - t0
             if status != "ready":
-                raise WorkerError(f"the {self.label} worker could not start: {payload}")
-            self.info = payload
+                raise WorkerError(f"the {self.title} worker could not start: {payload}")
+            self.infos = payload
+        return self.infos
+
+    def request(self, label: str, method: str, kwargs: Mapping[str, Any], doing: str, timeout: float) -> Any:
+        """Send one request for ``label`` and wait for its answer (an error answer as WorkerError)."""
+        self.ready()
+        try:
+            self._send_conn.send((label, method, dict(kwargs)))
+        except OSError:
+            raise self._died(doing) from None
+        status, payload = self._receive(doing, time.monotonic() + timeout)
+        if status == "error":
+            raise WorkerError(f"{label}: {method} failed: {payload}")
+        return payload
+
+    def request_stop(self) -> None:
+        """Ask the process to exit (without waiting)."""
+        if self.proc.poll() is None and not self._stopping:
+            try:
+                self._send_conn.send((None, "shutdown", {}))
+            except OSError:
+                pass
+            self._stopping = True
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the process to exit; kill it if it does not within ``timeout`` seconds."""
+        if self.proc.poll() is None:
+            try:
+                self.request_stop()
+                self.proc.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+        self._close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _close(self) -> None:
+        for c in (self._send_conn, self._recv_conn):
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._log.close()
+
+
+class Worker:
+    """One implementation label, run in a :class:`WorkerProcess` (its own, or one it shares with
+    another label of the same runtime); the methods of
+    :class:`~rosetta_cnn.verification.parity.LocalRunner`, run there."""
+
+    def __init__(self, label: str, process: WorkerProcess, *, request_timeout: float = REQUEST_TIMEOUT,
+                 patches: Sequence[str] = ()):
+        self.label, self.implementation = label, ports.resolve(label).name
+        self.process, self.request_timeout = process, request_timeout
+        self.info: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}  # request -> seconds spent waiting for it
+        self.built = False  # whether the worker holds a model
+        self._patches = list(patches)
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.process.proc
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def ready(self) -> dict[str, Any]:
+        """Wait until the process has imported this label's port; its versions and pid."""
+        if self.info is None:
+            t0 = time.perf_counter()
+            infos = self.process.ready()
+            self.info = infos.get(self.label) or self.process.request(self.label, "info", {}, "starting",
+                                                                      self.request_timeout)
+            self.timings["start"] = time.perf_counter() - t0
             if self._patches:
-                self.call("patch", refs=self._patches)
+                self.patch(self._patches)
         return self.info
 
     def call(self, method: str, **kwargs: Any) -> Any:
-        """Run ``method(**kwargs)`` in the worker and return its result (its exception as a WorkerError)."""
+        """Run ``method(**kwargs)`` for this label in the worker and return its result (its
+        exception as a WorkerError)."""
         self.ready()
         doing = f"{method} ({kwargs['spec'].name})" if isinstance(kwargs.get("spec"), ModelSpec) else method
-        try:
-            self._send_conn.send((method, kwargs))
-        except OSError:
-            raise self._died(doing) from None
         t0 = time.perf_counter()
-        status, payload = self._receive(doing, time.monotonic() + self.request_timeout)
-        seconds = time.perf_counter() - t0
-        self.timings[method] = self.timings.get(method, 0.0) + seconds
-        if TRACE:
-            print(f"    [{self.label}] {doing}: {seconds:.2f} s", file=sys.stderr, flush=True)
-        if status == "error":
-            raise WorkerError(f"{self.label}: {method} failed: {payload}")
-        return payload
+        try:
+            where = doing if self.process.labels == [self.label] else f"{doing} for {self.label}"
+            return self.process.request(self.label, method, kwargs, where, self.request_timeout)
+        finally:
+            seconds = time.perf_counter() - t0
+            self.timings[method] = self.timings.get(method, 0.0) + seconds
+            if TRACE:
+                print(f"    [{self.label}] {doing}: {seconds:.2f} s", file=sys.stderr, flush=True)
 
     # LocalRunner's methods
     def build(self, spec: ModelSpec, seed: int = 0) -> None:
@@ -420,74 +542,104 @@ class Worker:
         canonical tensors or a canonical file (this worker's label names the run)."""
         return self.call("training_run", spec=spec, start=start, batches=batches, opt=opt, keep=tuple(keep))
 
+    def patch(self, refs: Sequence[str]) -> None:
+        """Apply seeded faults to this label's port in the worker (each ``"module:function"``,
+        called as ``function(patcher, port)``) until :meth:`unpatch`."""
+        self.call("patch", refs=list(refs))
+
+    def unpatch(self) -> None:
+        """Undo every fault :meth:`patch` applied to this label's port."""
+        self.call("unpatch")
+
+    # the process's
     def request_stop(self) -> None:
-        """Ask the worker to exit (without waiting)."""
-        if self.proc.poll() is None and not self._stopping:
-            try:
-                self._send_conn.send(("shutdown", {}))
-            except OSError:
-                pass
-            self._stopping = True
+        self.process.request_stop()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Ask the worker to exit; kill it if it does not within ``timeout`` seconds."""
-        if self.proc.poll() is None:
-            try:
-                self.request_stop()
-                self.proc.wait(timeout=timeout)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
-        self._close()
+        self.process.stop(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def _close(self) -> None:
-        for c in (self._send_conn, self._recv_conn):
-            try:
-                c.close()
-            except OSError:
-                pass
-        self._log.close()
+        self.process.kill()
 
 
 class WorkerPool:
     """Workers by label (started on first use, or all at once from ``labels`` so that their
     start-ups overlap), a scratch folder for the weight files, and a :class:`MemoryMonitor`
-    over this process and the workers. A context manager: on exit every worker is stopped
-    (killed after a timeout) and the scratch folder removed."""
+    over this process and the worker processes. A context manager: on exit every process is
+    stopped (killed after a timeout) and the scratch folder removed.
+
+    With ``share_runtimes`` (the default) labels of one runtime (:func:`runtime`) share a
+    process: ``torch`` with ``keras/torch``, ``flax`` with ``keras/jax``. Each keeps its own port
+    and model; the process loads the runtime once (PyTorch's libraries alone are 0.5 GB
+    resident). A process never hosts two labels of the same port (``keras`` beside
+    ``keras/tensorflow``: two processes)."""
 
     def __init__(self, labels: Sequence[str] = (), *, monitor: bool = True, start_timeout: float = START_TIMEOUT,
-                 request_timeout: float = REQUEST_TIMEOUT, patches: Mapping[str, Sequence[str]] | None = None):
+                 request_timeout: float = REQUEST_TIMEOUT, patches: Mapping[str, Sequence[str]] | None = None,
+                 share_runtimes: bool = True):
         for label in labels:
             ports.require(label)  # a clear error before anything starts
         self.scratch = tempfile.mkdtemp(prefix="rosetta-workers-")
         self._workers: dict[str, Worker] = {}
-        self._options = dict(start_timeout=start_timeout, request_timeout=request_timeout)
+        self._processes: list[WorkerProcess] = []
+        self._start_timeout, self._request_timeout = start_timeout, request_timeout
         self._patches = dict(patches or {})
+        self.share_runtimes = share_runtimes
         self._closed, self._summary = False, None
         self.monitor = MemoryMonitor(self.pids).start() if monitor else None
         try:
+            for group in self._groups(labels):
+                self._start(group)
             for label in labels:
                 self.runner(label)
         except BaseException:
             self.close()
             raise
 
+    def _groups(self, labels: Sequence[str]) -> list[list[str]]:
+        """``labels`` split into the processes that will host them."""
+        groups: list[list[str]] = []
+        for label in dict.fromkeys(labels):
+            fw = ports.resolve(label).framework
+            home = next((g for g in groups if self.share_runtimes and runtime(g[0]) == runtime(label)
+                         and fw not in {ports.resolve(other).framework for other in g}), None)
+            if home is None:
+                groups.append([label])
+            else:
+                home.append(label)
+        return groups
+
+    def _start(self, labels: list[str]) -> WorkerProcess:
+        process = WorkerProcess(runtime(labels[0]), labels, log_dir=self.scratch, start_timeout=self._start_timeout)
+        self._processes.append(process)
+        return process
+
+    def _process_for(self, label: str) -> WorkerProcess:
+        """A live process that hosts ``label``, or can take it (same runtime, not the same port)."""
+        live = [p for p in self._processes if p.proc.poll() is None and not p._stopping]
+        home = next((p for p in live if label in p.labels), None)
+        if home is None and self.share_runtimes:
+            fw = ports.resolve(label).framework
+            home = next((p for p in live if p.name == runtime(label)
+                         and fw not in {ports.resolve(other).framework for other in p.labels}), None)
+            if home is not None:
+                home.labels.append(label)
+        return home or self._start([label])
+
     def pids(self) -> list[int]:
-        return [os.getpid()] + [w.pid for w in list(self._workers.values()) if w.proc.poll() is None]
+        return [os.getpid()] + [p.pid for p in list(self._processes) if p.proc.poll() is None]
 
     def runner(self, label: str) -> Worker:
-        """The worker of ``label`` (started now if it is not running)."""
-        if label not in self._workers:
-            self._workers[label] = Worker(label, log_dir=self.scratch, patches=self._patches.get(label, ()),
-                                          **self._options)
-        return self._workers[label]
+        """The worker of ``label`` (its process started now if none can host it)."""
+        w = self._workers.get(label)
+        if w is not None and w.proc.poll() is not None:  # its process died: the next use starts a fresh one
+            del self._workers[label]
+            w = None
+        if w is None:
+            ports.require(label)
+            w = self._workers[label] = Worker(label, self._process_for(label), request_timeout=self._request_timeout,
+                                              patches=self._patches.get(label, ()))
+        return w
 
     def target_runner(self, target: str) -> Worker:
         """A worker of the framework that exports for ``target`` (``core.ports.TARGETS``)."""
@@ -498,18 +650,22 @@ class WorkerPool:
         return self.runner(framework)
 
     def timings(self) -> dict[str, dict[str, float]]:
-        """Seconds each worker's requests took, by request (waiting included)."""
+        """Seconds each label's requests took, by request (waiting included)."""
         return {label: dict(w.timings) for label, w in self._workers.items()}
 
     def versions(self) -> dict[str, dict[str, str]]:
         return {label: w.ready()["versions"] for label, w in self._workers.items()}
+
+    def processes(self) -> dict[str, list[str]]:
+        """Each live worker process (its runtime and pid) -> the labels it hosts."""
+        return {f"{p.name} (pid {p.pid})": list(p.labels) for p in self._processes if p.proc.poll() is None}
 
     def free_all(self) -> None:
         for w in self._workers.values():
             w.free()
 
     def _names(self) -> dict[int, str]:
-        return {os.getpid(): "parent", **{w.pid: label for label, w in self._workers.items()}}
+        return {os.getpid(): "parent", **{p.pid: p.title for p in self._processes}}
 
     def memory(self) -> dict[str, Any] | None:
         """The monitor's figures so far (with every live process's high-water mark)."""
@@ -519,17 +675,17 @@ class WorkerPool:
         return self.monitor.summary()
 
     def close(self) -> dict[str, Any] | None:
-        """Stop every worker and the monitor; the memory figures."""
+        """Stop every worker process and the monitor; the memory figures."""
         if self._closed:
             return self._summary
         self._closed = True
         summary = None
         if self.monitor is not None:
             self.monitor.record_high_water_marks(self._names())
-        for w in self._workers.values():  # all at once: each takes a while to exit
-            w.request_stop()
-        for w in self._workers.values():
-            w.stop()
+        for p in self._processes:  # all at once: each takes a while to exit
+            p.request_stop()
+        for p in self._processes:
+            p.stop()
         if self.monitor is not None:
             summary = self.monitor.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -654,23 +810,32 @@ _COLLECTS = {"free", "training_run"}
 def main(argv: Sequence[str] | None = None) -> int:
     from .parity import _trim_heap
 
-    label, fd_in, fd_out = (argv if argv is not None else sys.argv[1:])[:3]
+    labels, fd_in, fd_out = (argv if argv is not None else sys.argv[1:])[:3]
     receive = Connection(int(fd_in), writable=False)
     send = Connection(int(fd_out), readable=False)
+    servers: dict[str, _Server] = {}
     try:
-        server = _Server(label)
-        send.send(("ready", server.info()))
+        for label in labels.split(","):
+            servers[label] = _Server(label)
+        send.send(("ready", {label: server.info() for label, server in servers.items()}))
     except Exception as e:
         send.send(("error", f"{type(e).__name__}: {e}"))
         return 1
+    # the frameworks' modules are there for good: full garbage collections (each free, and
+    # Python's own as models are built) then skip their ~0.5 M objects (0.3 s -> 1 ms each)
+    gc.freeze()
     while True:
         try:
-            method, kwargs = receive.recv()
+            label, method, kwargs = receive.recv()
         except (EOFError, OSError):
             return 0  # the parent is gone
         if method == "shutdown":
             return 0
         try:
+            if label not in servers:  # a label this process takes on later (same runtime)
+                servers[label] = _Server(label)
+                gc.freeze()
+            server = servers[label]
             handler = getattr(server, method, None)
             if handler is None or method.startswith("_"):
                 raise ValueError(f"unknown request {method!r}")

@@ -39,12 +39,23 @@ def test_forward_parity_small(model):
     _save(f"parity_small_{model}.json", records)
 
 
+@pytest.fixture(scope="module")
+def workers():
+    """One worker process per implementation, as ``rosetta parity`` runs them: each full-size
+    model is built once per framework and freed before the next (in this process, the twelve
+    models' framework caches took the test run's peak to 12.8 GB)."""
+    from rosetta_cnn.verification.workers import WorkerPool
+
+    needs("torch", "keras", "flax")
+    with WorkerPool(["torch", "keras", "flax"]) as pool:
+        yield pool
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("model", list_models())
-def test_forward_parity_full_224(model):
+def test_forward_parity_full_224(model, workers):
     """The acceptance matrix: full width at 224x224, every pair, eval and train."""
-    needs("torch", "keras", "flax")
-    records = model_parity(model, ["torch", "keras", "flax"], batch=2)
+    records = model_parity(model, ["torch", "keras", "flax"], batch=2, pool=workers)
     assert len(records) == 12
     _assert_all_pass(records)
     _save(f"parity_full_{model}.json", records)

@@ -123,6 +123,9 @@ CHILD = textwrap.dedent("""
 
     mode, dst = sys.argv[1], sys.argv[2]
     real = canonical.write_tensor_data
+    # Ctrl-C as in a terminal: a job started in the background of a non-interactive shell
+    # (CI scripts) inherits SIGINT ignored, and Python then installs no handler for it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow(f, arrays):  # write a little, then be interrupted mid-write
         f.write(b"partial")

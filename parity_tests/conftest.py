@@ -20,6 +20,9 @@ SMALL = {
 }
 
 
+_rss_key = pytest.StashKey[int]()
+
+
 def needs(*frameworks: str) -> None:
     missing = [f for f in frameworks if f not in AVAILABLE]
     if missing:
@@ -32,11 +35,30 @@ def framework(request):
     return request.param
 
 
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:  # not Linux
+        return 0
+
+
+#: a test that grew this process by more than this gets its freed memory returned
+_GREW = 256 << 20
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_rss_key] = _rss_bytes()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After each test, give the memory of the models it built back to the system: collect
-    reference cycles (Keras and Flax models hold some) and return freed heap pages, which
-    glibc keeps otherwise (the suite's one process grew past 12 GB)."""
+    """After a test that built large models in this process, give their memory back: collect
+    reference cycles (Keras and Flax models hold some) and return freed heap pages, which glibc
+    keeps otherwise (the suite's one process grew past 12 GB; 8 GB with this)."""
+    if _rss_bytes() - item.stash.get(_rss_key, 0) < _GREW:
+        return
     import gc
 
     gc.collect()

@@ -14,7 +14,7 @@ _xla.configure()
 
 from .model import SpecModel, build_model  # noqa: E402  (after the XLA flags)
 from .runtime import forward, gpu_available, strict_precision  # noqa: E402
-from .weights import export_weights, import_weights, load_weights, save_weights  # noqa: E402
+from .weights import export_weights, import_weights, iter_weights, load_weights, save_weights  # noqa: E402
 
-__all__ = ["SpecModel", "build_model", "export_weights", "forward", "gpu_available", "import_weights",
+__all__ = ["SpecModel", "build_model", "export_weights", "forward", "gpu_available", "import_weights", "iter_weights",
            "load_weights", "save_weights", "strict_precision"]

@@ -88,6 +88,11 @@ class SpecModel(nnx.Module):
         return outs["logits"] if len(outs) == 1 else outs
 
 
-def build_model(spec: ModelSpec, *, seed: int = 0) -> SpecModel:
-    """A freshly initialised model for ``spec`` (Flax's default initialisers), in eval mode."""
-    return SpecModel(spec, rngs=nnx.Rngs(seed))
+def build_model(spec: ModelSpec, *, seed: int = 0, initialize: bool = True) -> SpecModel:
+    """A freshly initialised model for ``spec`` (Flax's default initialisers), in eval mode;
+    ``initialize=False`` skips the draws (zero kernels) for a model whose weights are
+    imported right after (parity runs, format checks)."""
+    from .layers import initializing
+
+    with initializing(initialize):
+        return SpecModel(spec, rngs=nnx.Rngs(seed))

@@ -17,7 +17,7 @@ from flax import nnx
 from rosetta_cnn.core.canonical import check_tensors, expected_tensors, load_canonical, save_canonical
 from rosetta_cnn.core.errors import WeightError
 from rosetta_cnn.core.files import atomic_named_path, check_names_shapes
-from rosetta_cnn.core.layout import flatten_inputs
+from rosetta_cnn.core.layout import channel_last_shape, flatten_inputs
 from rosetta_cnn.core.spec import Layer, ModelSpec
 
 from . import layout
@@ -44,31 +44,43 @@ def variables(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, Layer, s
         yield name, layer, suffix, var
 
 
+def iter_weights(model: SpecModel, spec: ModelSpec) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's parameters and BatchNorm statistics as canonical float32 arrays, one at a
+    time in ``expected_tensors`` order."""
+    flat = flatten_inputs(spec)
+    for name, layer, suffix, var in variables(model, spec):
+        yield name, layout.tensor_from_framework(layer, suffix, var[...], flat.get(layer.name))
+
+
 def export_weights(model: SpecModel, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
-    flat = flatten_inputs(spec)
-    return {name: layout.tensor_from_framework(layer, suffix, var[...], flat.get(layer.name))
-            for name, layer, suffix, var in variables(model, spec)}
+    return dict(iter_weights(model, spec))
 
 
 def import_weights(model: SpecModel, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
     """Load canonical tensors into the model; on any error the model is left unchanged.
 
-    Checks every name and shape (``core.canonical.check_tensors``), converts every tensor and
-    checks it against the model's variable, and only then assigns.
+    Checks every name and shape first (``core.canonical.check_tensors``, and the shape each
+    tensor converts to against the model's variable), then converts and assigns one tensor at
+    a time, so the import holds one converted tensor beside the model, not a second model.
     """
     check_tensors(spec, tensors)
     flat = flatten_inputs(spec)
-    staged = []
-    for name, layer, suffix, var in variables(model, spec):
+    targets = list(variables(model, spec))
+    for name, layer, suffix, var in targets:
+        shape, have = channel_last_shape(layer, suffix, np.shape(tensors[name])), tuple(var[...].shape)
+        if shape != have:
+            raise WeightError(f"tensor {name!r} converts to shape {shape} but the model's variable has "
+                              f"shape {have}: was the model built from another spec?")
+    for name, layer, suffix, var in targets:
         value = layout.tensor_to_framework(layer, suffix, tensors[name], flat.get(layer.name))
         current = var[...]
-        if value.shape != current.shape:
-            raise WeightError(f"tensor {name!r} converts to shape {value.shape} but the model's variable has "
-                              f"shape {current.shape}: was the model built from another spec?")
-        staged.append((var, jax.device_put(value, current.sharding)))
-    for var, value in staged:
-        var[...] = value
+        if value.shape != current.shape:  # a conversion that changed its rule
+            raise WeightError(f"tensor {name!r} converted to shape {value.shape}, not the shape "
+                              f"{current.shape} of the model's variable")
+        var[...] = jax.device_put(value, current.sharding)
+        del current
+        del value
 
 
 def save_weights(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:

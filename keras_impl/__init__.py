@@ -25,7 +25,7 @@ if (_ports.keras_backend_loaded() or _os.environ.get("KERAS_BACKEND") or _ports.
 
 from .model import build_model  # noqa: E402  (after the XLA flags)
 from .runtime import forward, gpu_available, strict_precision  # noqa: E402
-from .weights import export_weights, import_weights, load_weights, save_weights  # noqa: E402
+from .weights import export_weights, import_weights, iter_weights, load_weights, save_weights  # noqa: E402
 
-__all__ = ["build_model", "export_weights", "import_weights", "load_weights", "save_weights", "forward",
+__all__ = ["build_model", "export_weights", "import_weights", "iter_weights", "load_weights", "save_weights", "forward",
            "gpu_available", "strict_precision"]

@@ -23,8 +23,10 @@ PyTorch semantics of ``shared/core/ops.py``:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -265,6 +267,26 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
+#: False while ``build_model(..., initialize=False)`` builds: kernels start as zeros
+_INITIALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("rosetta_keras_initialize", default=True)
+
+
+@contextlib.contextmanager
+def initializing(initialize: bool) -> Iterator[None]:
+    """Kernels built in this context are drawn (``GlorotUniform``) or, with ``initialize=False``,
+    zeros: no draw and no temporaries, for a model whose weights are imported right away."""
+    token = _INITIALIZE.set(initialize)
+    try:
+        yield
+    finally:
+        _INITIALIZE.reset(token)
+
+
+def _kernel_initializer(rng: np.random.Generator) -> keras.initializers.Initializer | str:
+    seed = _seed(rng)  # drawn either way: the dropout seeds after it stay the same
+    return GlorotUniform(seed) if _INITIALIZE.get() else "zeros"
+
+
 def conv2d(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:
     a = layer.attrs
     pads = tuple((p, p) for p in a["padding"])  # PyTorch: symmetric zero padding
@@ -272,7 +294,7 @@ def conv2d(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:
     conv = keras.layers.Conv2D(
         a["out_channels"], a["kernel_size"], strides=a["stride"], padding=mode or "valid",
         groups=a["groups"], use_bias=a["bias"], activation=a["activation"], data_format=DATA_FORMAT,
-        kernel_initializer=GlorotUniform(_seed(rng)), name=layer.name)
+        kernel_initializer=_kernel_initializer(rng), name=layer.name)
     if mode:
         return [conv]
     return [keras.layers.ZeroPadding2D(pads, data_format=DATA_FORMAT, name=f"{layer.name}_pad"), conv]
@@ -281,7 +303,7 @@ def conv2d(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:
 def linear(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:
     a = layer.attrs
     return [keras.layers.Dense(a["out_features"], use_bias=a["bias"], activation=a["activation"],
-                               kernel_initializer=GlorotUniform(_seed(rng)),
+                               kernel_initializer=_kernel_initializer(rng),
                                name=layer.name)]
 
 

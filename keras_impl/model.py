@@ -31,13 +31,15 @@ from rosetta_cnn.core.spec import INPUT, ModelSpec
 from . import layers, layout
 
 
-def build_model(spec: ModelSpec, *, seed: int = 0) -> keras.Model:
+def build_model(spec: ModelSpec, *, seed: int = 0, initialize: bool = True) -> keras.Model:
     """The functional ``keras.Model`` (name ``spec.name``) of ``spec``.
 
     ``seed`` seeds every initializer (Keras' defaults: Glorot-uniform kernels, here drawn with
     numpy so that a seed gives the same weights on every backend (``layers.GlorotUniform``),
     zero biases, BatchNorm gamma 1 / beta 0) and every dropout layer, without touching Keras'
     global seed. Dropout masks come from the backend's generator and differ per backend.
+    ``initialize=False`` skips the draws (zero kernels) for a model whose weights are
+    imported right after (parity runs, format checks).
     """
     rng = np.random.default_rng(seed)
     flats = flattened_maps(spec)
@@ -50,8 +52,9 @@ def build_model(spec: ModelSpec, *, seed: int = 0) -> keras.Model:
                                       "parameters permuted to Keras' (H, W, C) order")
         args = [values[name] for name in layer.inputs]
         x = args if len(args) > 1 else args[0]
-        for keras_layer in layers.OPS[layer.op](layer, rng):
-            x = keras_layer(x)
+        with layers.initializing(initialize):
+            for keras_layer in layers.OPS[layer.op](layer, rng):
+                x = keras_layer(x)
         expected = layout.framework_shape(layer.out_shape)
         if tuple(x.shape[1:]) != expected:
             raise RuntimeError(f"layer {layer.name!r} ({layer.op}): Keras gives shape {tuple(x.shape[1:])}, "

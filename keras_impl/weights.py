@@ -54,11 +54,18 @@ def variables(model: keras.Model, spec: ModelSpec) -> Iterator[tuple[str, Layer,
         yield name, layer, suffix, variable
 
 
+def iter_weights(model: keras.Model, spec: ModelSpec) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's parameters and BatchNorm statistics as canonical float32 arrays, one at a
+    time in ``expected_tensors`` order."""
+    flat = flatten_inputs(spec)
+    for name, layer, suffix, variable in variables(model, spec):
+        yield name, layout.tensor_from_framework(layer, suffix, keras.ops.convert_to_numpy(variable),
+                                                 flat.get(layer.name))
+
+
 def export_weights(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The model's parameters and BatchNorm statistics as canonical float32 arrays."""
-    flat = flatten_inputs(spec)
-    return {name: layout.tensor_from_framework(layer, suffix, keras.ops.convert_to_numpy(variable), flat.get(layer.name))
-            for name, layer, suffix, variable in variables(model, spec)}
+    return dict(iter_weights(model, spec))
 
 
 def import_weights(model: keras.Model, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:

@@ -8,7 +8,7 @@ Conv stacks run in channels_last memory order by default (faster on CPU, same re
 """
 from .model import SpecModel, build_model
 from .runtime import forward, gpu_available, strict_precision
-from .weights import export_weights, import_weights, load_weights, save_weights
+from .weights import export_weights, import_weights, iter_weights, load_weights, save_weights
 
 __all__ = [
     "SpecModel",
@@ -17,6 +17,7 @@ __all__ = [
     "forward",
     "gpu_available",
     "import_weights",
+    "iter_weights",
     "load_weights",
     "save_weights",
     "strict_precision",

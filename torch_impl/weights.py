@@ -9,7 +9,7 @@ the model exactly as it was.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -39,9 +39,16 @@ def _model_tensors(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]
     return {name: own[name] for name in expected}
 
 
+def iter_weights(model: nn.Module, spec: ModelSpec) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's weights as canonical float32 arrays (copies), one at a time in
+    ``expected_tensors`` order."""
+    for name, t in _model_tensors(model, spec).items():
+        yield name, layout.from_framework(t)
+
+
 def export_weights(model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The model's weights as canonical float32 arrays (copies), one per expected tensor."""
-    return {name: layout.from_framework(t) for name, t in _model_tensors(model, spec).items()}
+    return dict(iter_weights(model, spec))
 
 
 def import_weights(model: nn.Module, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:

@@ -92,7 +92,7 @@ def assert_every_port_matches(spec, tensors, x, ref, origin):
     logits on ``x``) within the eval tolerance."""
     for framework in ports.available():
         mod = ports.load(framework)
-        model = mod.build_model(spec)
+        model = mod.build_model(spec, initialize=False)
         mod.import_weights(model, spec, tensors)
         d = diff(ref, mod.forward(model, x)["logits"])
         assert d.max_rel <= TOL, f"{origin} -> {framework}: max_rel {d.max_rel:.2e}"
@@ -139,7 +139,7 @@ def test_project_to_torchvision_loads_strictly(case, tmp_path):
 
     name, kwargs, size = CASES[case]
     spec = load_spec(name, _overrides(name, kwargs, size))
-    model = torch_impl.build_model(spec)
+    model = torch_impl.build_model(spec, initialize=False)
     torch_impl.import_weights(model, spec, random_canonical(spec, 11))
     canonical = tmp_path / "w.safetensors"
     torch_impl.save_weights(model, spec, canonical)

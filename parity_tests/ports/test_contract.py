@@ -53,7 +53,8 @@ def test_entry_points_take_the_contract_arguments(framework):
     forward = inspect.signature(ports.module(framework, "runtime").forward)
     assert {"train", "activations", "device"} <= set(forward.parameters), forward
     build = inspect.signature(ports.module(framework, "model").build_model)
-    assert "seed" in build.parameters and build.parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY
+    for name in ("seed", "initialize"):
+        assert name in build.parameters and build.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, build
     assert list(inspect.signature(ports.module(framework, "train").make_trainer).parameters)[:3] == \
         ["model", "spec", "opt"]
     assert ports.module(framework, "weights").FRAMEWORK == framework

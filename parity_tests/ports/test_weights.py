@@ -35,6 +35,25 @@ def test_import_export_round_trip_is_exact(framework, model):
         np.testing.assert_array_equal(out[name], t, err_msg=name)
 
 
+def test_a_model_built_without_initialisation_imports_and_runs_the_same(framework):
+    """``build_model(initialize=False)`` (parity workers, format checks) differs from an
+    initialised build only until weights are imported: then the outputs are bitwise the same,
+    and ``iter_weights`` gives ``export_weights`` one tensor at a time."""
+    mod = ports.load(framework)
+    spec = _spec("googlenet")
+    w = random_canonical(spec, 4)
+    x = np.random.default_rng(0).standard_normal((2, *spec.input_shape)).astype(np.float32)
+    outs = []
+    for initialize in (True, False):
+        net = mod.build_model(spec, seed=0, initialize=initialize)
+        mod.import_weights(net, spec, w)
+        outs.append(mod.forward(net, x)["logits"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    streamed = list(mod.iter_weights(net, spec))
+    assert [n for n, _ in streamed] == list(expected_tensors(spec))
+    assert all(np.array_equal(t, w[n]) for n, t in streamed)
+
+
 def test_wrong_shape_names_tensor_and_both_shapes_and_changes_nothing(framework):
     mod = ports.load(framework)
     spec = _spec("vgg11_bn")

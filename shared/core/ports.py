@@ -9,15 +9,19 @@ with the same public names, so a reader can open the same file in each and compa
     ``OPS``: the one dispatch table from spec op name (``core/ops.py``) to a layer factory,
     and the layers the framework lacks.
 ``model.py``
-    ``build_model(spec, *, seed=0)``: the idiomatic model for a resolved spec.
+    ``build_model(spec, *, seed=0, initialize=True)``: the idiomatic model for a resolved
+    spec (``initialize=False`` skips the initialisers' draws, for a model whose weights are
+    imported right after).
 ``layout.py``
     conversions between the canonical layout (``core/canonical.py``) and the framework's
     own, each transpose with a layout comment (the NHWC ones live once in ``core/layout.py``).
 ``weights.py``
-    ``export_weights(model, spec) -> dict[str, np.ndarray]`` (canonical) and
-    ``import_weights(model, spec, tensors)`` (checks every name and shape first, converts
-    everything, then assigns, so a failed import leaves the model unchanged); canonical files
-    (``save_weights`` / ``load_weights``) and the framework's own (``save_native`` / ``load_native``).
+    ``export_weights(model, spec) -> dict[str, np.ndarray]`` (canonical; ``iter_weights``
+    yields the same tensors one at a time, so that a large model's export can be written
+    without a second copy of it in memory) and ``import_weights(model, spec, tensors)``
+    (checks every name and shape first, so a failed import leaves the model unchanged);
+    canonical files (``save_weights`` / ``load_weights``) and the framework's own
+    (``save_native`` / ``load_native``).
 ``runtime.py``
     ``forward(model, x, *, train=False, activations=False, device="cpu") -> dict``: run on
     a NCHW float32 numpy batch and return numpy arrays in the canonical layout (NCHW maps):
@@ -78,7 +82,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "layers": ("OPS",),
     "model": ("build_model",),
     "layout": ("nchw_to_framework", "framework_to_nchw"),
-    "weights": ("FRAMEWORK", "export_weights", "import_weights", "save_weights", "load_weights",
+    "weights": ("FRAMEWORK", "export_weights", "iter_weights", "import_weights", "save_weights", "load_weights",
                 "save_native", "load_native"),
     "runtime": ("forward", "gpu_available", "strict_precision"),
     "train": ("make_trainer",),
@@ -87,8 +91,8 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "distributed": ("setup", "replica_batch", "replica_loss"),
 }
 #: what each port's package itself exports (``from rosetta_cnn import torch_impl; torch_impl.build_model``)
-PACKAGE_API: tuple[str, ...] = ("build_model", "export_weights", "import_weights", "save_weights", "load_weights",
-                                "forward", "gpu_available", "strict_precision")
+PACKAGE_API: tuple[str, ...] = ("build_model", "export_weights", "iter_weights", "import_weights", "save_weights",
+                                "load_weights", "forward", "gpu_available", "strict_precision")
 
 #: Runtimes that run a model exported from one port: parity targets, never sources.
 #: name -> (exporting framework, "module:function" exporter(model, spec, path),

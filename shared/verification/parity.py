@@ -159,41 +159,42 @@ class LocalRunner:
     def build(self, spec: ModelSpec, seed: int = 0) -> None:
         """Build ``spec`` (the previous model is freed first)."""
         self.free()
-        self.spec, self.model = spec, self.mod.build_model(spec, seed=seed)
+        # no initialisation: every run imports its weights first (export_random, run)
+        self.spec, self.model = spec, self.mod.build_model(spec, seed=seed, initialize=False)
         self._dirty, self._holds = False, None
 
-    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None) -> Any:
+    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None, drawn: str | None = None) -> Any:
         """Import ``random_canonical(draw, seed)`` and export it back out: the tensors this
-        implementation ports (written to ``path`` as a canonical file when given; the draw then
-        goes through a file too, one tensor at a time, so that it never sits in memory whole)."""
+        implementation ports. With ``path`` the draw and the export go through canonical files,
+        one tensor at a time, so that neither sits in memory whole: the draw is read from the
+        file ``drawn`` (:func:`~rosetta_cnn.verification.workers.write_random`, written once
+        and shared by every runner) or written next to ``path``; an export that gives back the
+        draw bit for bit returns the draw's file itself (nothing is written), any other is
+        written to ``path``. Returns the export (a mapping, or the file that holds it)."""
         if path is None:
             self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
             return self.mod.export_weights(self.model, self.spec)
-        from ..core.canonical import check_tensors
         from .workers import read_tensors, write_random, write_tensors
 
-        draw_path = f"{path}.draw"
+        own_draw = drawn is None
+        draw_path = f"{path}.draw" if own_draw else drawn
         try:
-            write_random(draw_path, draw, seed)
-            drawn = read_tensors(draw_path)
-            self.mod.import_weights(self.model, self.spec, drawn)
+            if own_draw:
+                write_random(draw_path, draw, seed)
+            tensors = read_tensors(draw_path)
+            self.mod.import_weights(self.model, self.spec, tensors)
             self._dirty, self._holds = False, None
-            exported = self.mod.export_weights(self.model, self.spec)
-            check_tensors(self.spec, exported, source=f"the {self.label} export")
-            same = [True]
-
-            def compared() -> Iterable[tuple[str, np.ndarray]]:
-                for name in expected_tensors(self.spec):
-                    a = exported.pop(name)  # written, then dropped
-                    same[0] = same[0] and name in drawn and np.array_equal(drawn[name], a)
-                    yield name, a
-            write_tensors(path, self.spec, compared(), framework=self.label)
-            if same[0]:
-                # the export gave back the draw bit for bit: the model holds exactly what
-                # importing the export would give it, so the first run need not import it again
+            # first pass: compare (nothing written; stops at the first difference)
+            same = all(tensors.matches(name, a) for name, a in self.mod.iter_weights(self.model, self.spec))
+            if same and not own_draw:
+                self._holds = draw_path  # what importing the draw gives: the first run need not import
+                return draw_path
+            # one tensor at a time: exported, checked, written and dropped
+            write_tensors(path, self.spec, self.mod.iter_weights(self.model, self.spec), framework=self.label)
+            if same:
                 self._holds = path
         finally:
-            if os.path.exists(draw_path):
+            if own_draw and os.path.exists(draw_path):
                 os.remove(draw_path)
         return path
 
@@ -259,7 +260,7 @@ def same_weights(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str):
         from .workers import same_tensors
 
-        return same_tensors(a, b)
+        return a == b or same_tensors(a, b)
     if isinstance(a, str) or isinstance(b, str):
         return False
     def raw(t: Any) -> np.ndarray:
@@ -300,8 +301,10 @@ def run_pairs(
     :class:`LocalRunner` or a worker process with the same methods; ``specs`` their own specs).
 
     Each source imports a random draw (``seed + 101``; with ``draw_per_source``, source k's
-    own ``seed + 101 * (k + 1)``) and exports it back out (to a canonical file in ``scratch``
-    when given, so that workers read it). Sources whose exports hold the same tensors bit for
+    own ``seed + 101 * (k + 1)``) and exports it back out. With ``scratch`` (workers) weights
+    travel as canonical files there: each draw is written once and read by every source, and
+    an export that gives the draw back bit for bit is the draw's file (nothing is written).
+    Sources whose exports hold the same tensors bit for
     bit (:func:`same_weights`: every port that round-trips the draw exactly) form one group:
     every runner imports each group's weights once and runs eval then train on them, and the
     record of pair (source k, target j) compares j's outputs on k's group's weights with k's.
@@ -353,12 +356,23 @@ def run_pairs(
         """Runner i's outputs on source k's export."""
         return outs[i, group[k]]
 
+    draws: dict[int, str] = {}  # seed -> its draw as a canonical file in scratch, written once
+
+    def drawn(draw_seed: int) -> str | None:
+        if scratch and draw_seed not in draws:
+            from .workers import write_random
+
+            draws[draw_seed] = os.path.join(scratch, f"{spec.name}-draw-{draw_seed}.safetensors")
+            write_random(draws[draw_seed], spec, draw_seed)
+        return draws.get(draw_seed)
+
     order = build_order(labels)
     try:
         for pos, k in enumerate(order):
             say(f"{spec.name}: {labels[k]} exports its random draw")
             path = os.path.join(scratch, f"{spec.name}-{k}.safetensors") if scratch else None
-            exports[k] = ready(k).export_random(spec, seed + 101 * ((k + 1) if draw_per_source else 1), path)
+            draw_seed = seed + 101 * ((k + 1) if draw_per_source else 1)
+            exports[k] = ready(k).export_random(spec, draw_seed, path, drawn(draw_seed))
             groups = list(dict.fromkeys(group.values()))
             group[k] = next((g for g in groups if not draw_per_source and same_weights(exports[g], exports[k])), k)
             if group[k] != k:
@@ -412,7 +426,7 @@ def run_pairs(
     finally:
         for i in list(built):
             release(i)
-        for w in exports.values():
+        for w in [*exports.values(), *draws.values()]:
             if isinstance(w, str) and os.path.exists(w):
                 os.remove(w)
     out = [rec for _, rec in sorted(records, key=lambda kr: kr[0])]

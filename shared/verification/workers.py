@@ -163,6 +163,24 @@ class MappedTensors(Mapping[str, np.ndarray]):
             return np.zeros(entry["shape"], np.float32)
         return np.memmap(self.path, dtype=np.float32, mode="c", offset=self._base + start, shape=tuple(entry["shape"]))
 
+    def matches(self, name: str, a: np.ndarray, chunk: int = 1 << 23) -> bool:
+        """Whether tensor ``name`` holds ``a`` bit for bit (shape and bytes), read from the file
+        in ``chunk``-byte pieces: nothing is mapped, so the comparison does not hold the
+        tensor's pages resident beside ``a``."""
+        entry = self._entries.get(name)
+        a = np.ascontiguousarray(a)
+        if entry is None or a.dtype != np.float32 or list(a.shape) != list(entry["shape"]):
+            return False
+        start, end = entry["data_offsets"]
+        flat = memoryview(a.reshape(-1)).cast("B")
+        with open(self.path, "rb") as f:
+            f.seek(self._base + start)
+            for at in range(0, end - start, chunk):
+                n = min(chunk, end - start - at)
+                if f.read(n) != flat[at:at + n]:
+                    return False
+        return True
+
     def __iter__(self):
         return iter(self._entries)
 
@@ -515,10 +533,10 @@ class Worker:
         self.call("build", spec=spec, seed=seed)
         self.built = True
 
-    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None) -> str:
+    def export_random(self, draw: ModelSpec, seed: int, path: str | None = None, drawn: str | None = None) -> str:
         if path is None:
             raise ValueError("a worker exports to a file: give path")
-        return self.call("export_random", draw=draw, seed=seed, path=path)
+        return self.call("export_random", draw=draw, seed=seed, path=path, drawn=drawn)
 
     def run(self, weights: str, x: np.ndarray, modes: Sequence[str], device: str = "cpu",
             activations: bool = False) -> dict[str, dict[str, np.ndarray]]:
@@ -757,8 +775,8 @@ class _Server:
     def build(self, spec: ModelSpec, seed: int) -> None:
         self.runner.build(spec, seed)
 
-    def export_random(self, draw: ModelSpec, seed: int, path: str) -> str:
-        return self.runner.export_random(draw, seed, path)
+    def export_random(self, draw: ModelSpec, seed: int, path: str, drawn: str | None = None) -> str:
+        return self.runner.export_random(draw, seed, path, drawn)
 
     def run(self, **kwargs: Any) -> Any:
         return self.runner.run(**kwargs)

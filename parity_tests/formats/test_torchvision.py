@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import select
 import subprocess
 import sys
 
@@ -46,40 +47,74 @@ PARAMS = [pytest.param(c, id=c, marks=() if c in LIGHT else pytest.mark.heavy) f
 
 # torchvision runs in a child interpreter: importing it after TensorFlow (which the test
 # session loads) crashes the process, because both bundle LLVM (torchvision imports Triton).
+# One child serves the whole module (one request per line), so torch and torchvision are
+# imported once, not once per case.
 WORKER = r"""
-import json, math, sys
+import ctypes, gc, json, math, sys
 import numpy as np, torch, torchvision
-action, name, kwargs, size, pth, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-net = getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)
-if action == "make":  # non-trivial random weights and BatchNorm statistics
-    g = torch.Generator().manual_seed(0)
-    def uniform(t, lo, hi):
-        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                uniform(m.weight, 0.5, 1.5); uniform(m.bias, -0.3, 0.3); uniform(m.running_var, 0.3, 2.0)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / math.prod(m.weight.shape[1:])))
-                if m.bias is not None:
-                    uniform(m.bias, -0.1, 0.1)
-    torch.save(net.state_dict(), pth)
-else:  # the project's export must load strictly
-    net.load_state_dict(torch.load(pth, weights_only=True), strict=True)
-x = np.random.default_rng(7).standard_normal((2, 3, size, size)).astype(np.float32)
-with torch.no_grad():
-    np.save(out, net.eval()(torch.from_numpy(x)).numpy())
+for line in sys.stdin:
+    action, name, kwargs, size, pth, out = json.loads(line)
+    try:
+        net = getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)
+        if action == "make":  # non-trivial random weights and BatchNorm statistics
+            g = torch.Generator().manual_seed(0)
+            def uniform(t, lo, hi):
+                t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+            with torch.no_grad():
+                for m in net.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        uniform(m.weight, 0.5, 1.5); uniform(m.bias, -0.3, 0.3); uniform(m.running_var, 0.3, 2.0)
+                        m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+                    elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                        std = math.sqrt(2.0 / math.prod(m.weight.shape[1:]))
+                        m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                        if m.bias is not None:
+                            uniform(m.bias, -0.1, 0.1)
+            torch.save(net.state_dict(), pth)
+        else:  # the project's export must load strictly
+            net.load_state_dict(torch.load(pth, weights_only=True), strict=True)
+        x = np.random.default_rng(7).standard_normal((2, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            np.save(out, net.eval()(torch.from_numpy(x)).numpy())
+        del net
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the model's memory back between requests
+        print("ok", flush=True)
+    except Exception as e:
+        print("error", type(e).__name__, str(e).replace("\n", " ")[:2000], flush=True)
 """
+#: seconds one request (building, saving or loading a full-size VGG) may take
+REQUEST_TIMEOUT = 300
 
 
-def _torchvision(action, name, kwargs, size, pth, tmp_path):
-    """Run torchvision in a child: ``make`` a random checkpoint at ``pth`` or ``load`` one
+@pytest.fixture(scope="module")
+def torchvision_child(tmp_path_factory):
+    """The module's torchvision process (``WORKER``); stopped when the module is done."""
+    log = tmp_path_factory.mktemp("torchvision") / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+    proc.log = log
+    yield proc
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _torchvision(child, action, name, kwargs, size, pth, tmp_path):
+    """Ask the torchvision child to ``make`` a random checkpoint at ``pth`` or ``load`` one
     strictly; returns torchvision's logits on :func:`_input`."""
     out = tmp_path / f"{action}-logits.npy"
-    done = subprocess.run([sys.executable, "-c", WORKER, action, name, json.dumps(kwargs), str(size), str(pth),
-                           str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    child.stdin.write(json.dumps([action, name, kwargs, size, str(pth), str(out)]) + "\n")
+    child.stdin.flush()
+    ready, _, _ = select.select([child.stdout], [], [], REQUEST_TIMEOUT)
+    answer = child.stdout.readline().strip() if ready else f"no answer within {REQUEST_TIMEOUT} s"
+    if not answer:  # the child died
+        answer = f"the torchvision child exited {child.wait()}: {child.log.read_text()[-3000:]}"
+    assert answer == "ok", f"torchvision {action} {name}: {answer}"
     return np.load(out)
 
 
@@ -107,11 +142,11 @@ def _overrides(name, kwargs, size):
 
 
 @pytest.mark.parametrize("case", PARAMS)
-def test_torchvision_to_every_port_and_onnx(case, tmp_path):
+def test_torchvision_to_every_port_and_onnx(case, tmp_path, torchvision_child):
     needs("torch")
     name, kwargs, size = CASES[case]
     pth = tmp_path / f"{name}.pth"
-    ref = _torchvision("make", name, kwargs, size, pth, tmp_path)
+    ref = _torchvision(torchvision_child, "make", name, kwargs, size, pth, tmp_path)
     x = _input(size)
 
     canonical = tmp_path / f"{name}.safetensors"
@@ -133,7 +168,7 @@ def test_torchvision_to_every_port_and_onnx(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", PARAMS)
-def test_project_to_torchvision_loads_strictly(case, tmp_path):
+def test_project_to_torchvision_loads_strictly(case, tmp_path, torchvision_child):
     needs("torch")
     from rosetta_cnn import torch_impl
 
@@ -146,19 +181,19 @@ def test_project_to_torchvision_loads_strictly(case, tmp_path):
     pth = tmp_path / f"{name}.pth"
     convert(str(canonical), str(pth))
 
-    got = _torchvision("load", name, kwargs, size, pth, tmp_path)
+    got = _torchvision(torchvision_child, "load", name, kwargs, size, pth, tmp_path)
     d = diff(torch_impl.forward(model, _input(size))["logits"], got)
     assert d.max_rel <= TOL, f"project -> torchvision: max_rel {d.max_rel:.2e}"
 
 
-def test_broken_mapping_fails(tmp_path):
+def test_broken_mapping_fails(tmp_path, torchvision_child):
     """The check above must catch a wrong table entry: swap two conv layers' torchvision keys."""
     needs("torch")
     from rosetta_cnn.formats import torchvision as tv
 
     name, kwargs, size = CASES["vgg11"]
     pth = tmp_path / f"{name}.pth"
-    ref = _torchvision("make", name, kwargs, size, pth, tmp_path)
+    ref = _torchvision(torchvision_child, "make", name, kwargs, size, pth, tmp_path)
     x = _input(size)
     state = tv.read_state_dict(pth)
     spec = load_spec(name, _overrides(name, kwargs, size))

@@ -1,16 +1,17 @@
 """The Keras port on each of its backends (TensorFlow, JAX, PyTorch), one process per backend.
 
 The backend is fixed when Keras is imported, so every check that needs another backend than
-this session's runs in a subprocess with ``KERAS_BACKEND`` set:
+this session's runs in a subprocess with ``KERAS_BACKEND`` set (the children of one step run
+side by side):
 
 * the port imports and runs (every public function) on JAX and PyTorch without importing
-  TensorFlow;
+  TensorFlow (checked in the child that writes that backend's files);
 * ``.keras`` and ``.weights.h5`` files written under each backend load under the other two:
   the weights bitwise, the outputs within the eval tolerance of the writer's and bitwise equal
   to the reading backend's own model given the same canonical weights;
 * the forward-parity, seeded-fault and training-step parity tests that involve the Keras
-  port pass on each backend (``PARITY_SUITE``, run by pytest in the subprocess), with the
-  same tolerances.
+  port pass on each backend (``parity_suite``, run by one pytest process per backend), with
+  the same tolerances.
 
 When the session itself runs on JAX or PyTorch (``KERAS_BACKEND``), the forward-parity test
 below runs in it; on TensorFlow ``parity/test_parity.py`` already covers it.
@@ -24,13 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rosetta_cnn.verification.parity import format_matrix, model_parity, parity_spec
 from rosetta_cnn.verification.tolerances import tolerance
 
 from ..conftest import SMALL, needs
+from .keras_files import FAMILIES, FORMATS
 from ..parity import test_mutations
 from ..training import test_train_mutations, test_train_parity
 
@@ -41,9 +42,6 @@ BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 BACKENDS = [b for b, package in BACKEND_PACKAGES.items()
             if importlib.util.find_spec("keras") and importlib.util.find_spec(package)]
 OTHER_BACKENDS = [b for b in BACKENDS if b != "tensorflow"]
-#: one model per family, small (every op kept: LRN and groups, BatchNorm, aux heads)
-FAMILIES = ["alexnet_paper", "vgg11_bn", "googlenet"]
-FORMATS = [".keras", ".weights.h5"]
 #: seconds a backend's subprocess may take (a whole pytest run for the parity suite)
 TIMEOUT = 1800
 
@@ -52,9 +50,10 @@ def this_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
-def run_on(backend: str, args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """``python ARGS`` in the repository root with ``KERAS_BACKEND=backend``; fails the test on a
-    non-zero exit, with the process's output."""
+def run_on(backend: str, args: list[str], timeout: float = TIMEOUT,
+           ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository root with ``KERAS_BACKEND=backend``; fails the test on an
+    exit status not in ``ok``, with the process's output."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
         out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -62,7 +61,7 @@ def run_on(backend: str, args: list[str], timeout: float = TIMEOUT) -> subproces
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"KERAS_BACKEND={backend} python {' '.join(args)}: no answer within {timeout} s\n"
                     f"{(e.stdout or '')[-4000:]}")
-    assert out.returncode == 0, (f"KERAS_BACKEND={backend} python {' '.join(args)} exited {out.returncode}:\n"
+    assert out.returncode in ok, (f"KERAS_BACKEND={backend} python {' '.join(args)} exited {out.returncode}:\n"
                                  f"{out.stdout[-6000:]}\n{out.stderr[-6000:]}")
     return out
 
@@ -70,7 +69,7 @@ def run_on(backend: str, args: list[str], timeout: float = TIMEOUT) -> subproces
 # ---------------------------------------------------------------------------
 # no TensorFlow outside the TensorFlow backend
 
-#: every public function of the port, used once on a small VGG-BN; prints the modules it loaded
+#: every public function of the port, used once on a small VGG-BN (then ``PROBE``)
 USE_EVERYTHING = """
 import sys, tempfile, os
 import numpy as np
@@ -104,16 +103,26 @@ bench.setup(1, "cpu")
 bench.sgemm(64, "cpu")()
 bench.training(bench.build("plain", bench.configs("plain", "train", "")[0], spec, "cpu"), "plain",
                bench.default_config("plain", "train"), spec, x, np.array([1, 2]), "cpu")()
-import keras
+"""
+#: the last line a child prints: its Keras backend and the deep-learning frameworks it loaded
+PROBE = """
+import sys, keras
 print(keras.backend.backend(), sorted(m for m in ("tensorflow", "jax", "torch") if m in sys.modules))
 """
 
 
+def loaded_frameworks(stdout: str) -> tuple[str, str]:
+    """(backend, loaded frameworks) from a child's ``PROBE`` line."""
+    name, loaded = stdout.strip().splitlines()[-1].split(" ", 1)
+    return name, loaded
+
+
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_port_runs_without_tensorflow(backend):
-    out = run_on(backend, ["-c", USE_EVERYTHING], timeout=600)
-    name, loaded = out.stdout.strip().splitlines()[-1].split(" ", 1)
-    assert name == backend, out.stdout
+def test_port_runs_without_tensorflow(backend, files_across_backends):
+    """The child that wrote this backend's files ran ``USE_EVERYTHING`` first (every public
+    function of the port) and loaded no TensorFlow in either."""
+    name, loaded = files_across_backends.probes[backend]
+    assert name == backend, (name, loaded)
     assert "tensorflow" not in loaded, f"KERAS_BACKEND={backend}: the Keras port imported TensorFlow ({loaded})"
     assert backend in loaded
 
@@ -121,9 +130,9 @@ def test_port_runs_without_tensorflow(backend):
 def test_the_import_check_would_see_tensorflow():
     """The control: the same probe reports TensorFlow when a module does import it."""
     needs("keras")
-    probe = USE_EVERYTHING.replace("import keras\n", "import keras\nimport tensorflow\n")
-    out = run_on(OTHER_BACKENDS[0] if OTHER_BACKENDS else "tensorflow", ["-c", probe], timeout=600)
-    assert "tensorflow" in out.stdout.strip().splitlines()[-1]
+    out = run_on(OTHER_BACKENDS[0] if OTHER_BACKENDS else "tensorflow", ["-c", "import tensorflow\n" + PROBE],
+                 timeout=600)
+    assert "tensorflow" in loaded_frameworks(out.stdout)[1]
 
 
 # ---------------------------------------------------------------------------
@@ -132,82 +141,54 @@ def test_the_import_check_would_see_tensorflow():
 #: writes (``write``) or reads (``read``) the native files of every family under this process's backend
 FILES_CHILD = """
 import json, sys
-from parity_tests.ports.test_keras_backends import files_child
+from parity_tests.ports.keras_files import files_child
 files_child(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
 """
 
 
-def _family_spec(model: str):
-    return parity_spec(model, overrides=SMALL[model])
+class FileResults(list):
+    """The read results of every backend, and each non-TensorFlow write child's ``PROBE`` line."""
+
+    probes: dict[str, tuple[str, str]]
 
 
-def files_child(action: str, root: str, backends: list[str]) -> None:
-    """Inside a subprocess with ``KERAS_BACKEND`` set. ``write``: for every family, the model with
-    ``random_canonical(spec, 7)`` saved as ``root/<backend>/<model><ending>`` and its eval logits
-    as ``<model>.npy``. ``read``: every other backend's files loaded into one model per family
-    (``load_native``) and with ``keras.saving.load_model`` (``.keras``); the results go to
-    ``root/<backend>/read.json``."""
-    import keras
-
-    from rosetta_cnn import keras_impl
-    from rosetta_cnn.core.canonical import random_canonical
-    from rosetta_cnn.keras_impl import weights
-    from rosetta_cnn.verification.parity import diff, make_input
-
-    me = keras.backend.backend()
-    here = Path(root) / me
-    here.mkdir(parents=True, exist_ok=True)
-    results = []
-    for model in FAMILIES:
-        spec = _family_spec(model)
-        x = make_input(spec, 2, 0)
-        tensors = random_canonical(spec, 7)
-        net = keras_impl.build_model(spec, seed=0)
-        keras_impl.import_weights(net, spec, tensors)
-        own = keras_impl.forward(net, x)["logits"]
-        if action == "write":
-            np.save(here / f"{model}.npy", own)
-            for ending in FORMATS:
-                weights.save_native(net, spec, here / f"{model}{ending}")
-            continue
-        reader = keras_impl.build_model(spec, seed=1)  # other weights until a file is loaded
-        for writer in backends:
-            if writer == me:
-                continue
-            written = np.load(Path(root) / writer / f"{model}.npy")
-            for ending in FORMATS:
-                path = Path(root) / writer / f"{model}{ending}"
-                weights.load_native(reader, spec, path)
-                loaded = keras_impl.export_weights(reader, spec)
-                got = keras_impl.forward(reader, x)["logits"]
-                results.append({"model": model, "writer": writer, "reader": me, "file": ending, "how": "load_native",
-                                "weights_bitwise": all(np.array_equal(loaded[k], tensors[k]) for k in tensors),
-                                "max_rel_vs_writer": diff(written, got).max_rel,
-                                "bitwise_vs_reader": bool(np.array_equal(own, got))})
-                if ending == ".keras":  # a user's keras.saving.load_model: the whole model from the file
-                    whole = keras.saving.load_model(path)
-                    whole.spec = spec
-                    got = keras_impl.forward(whole, x)["logits"]
-                    loaded = keras_impl.export_weights(whole, spec)
-                    results.append({"model": model, "writer": writer, "reader": me, "file": ending,
-                                    "how": "load_model",
-                                    "weights_bitwise": all(np.array_equal(loaded[k], tensors[k]) for k in tensors),
-                                    "max_rel_vs_writer": diff(written, got).max_rel,
-                                    "bitwise_vs_reader": bool(np.array_equal(own, got))})
-    if action == "read":
-        (here / "read.json").write_text(json.dumps(results, indent=1))
+def _children(commands: dict[str, list[str]], timeout: float = 900) -> dict[str, str]:
+    """``python ARGS`` per backend (``KERAS_BACKEND`` set), all at once; backend -> stdout.
+    Each child builds three small models: side by side they keep both cores busy."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = {b: subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**env, "KERAS_BACKEND": b},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for b, args in commands.items()}
+    outs, failed = {}, []
+    for b, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"KERAS_BACKEND={b}: no answer within {timeout} s")
+        outs[b] = out
+        if proc.returncode:
+            failed.append(f"KERAS_BACKEND={b} exited {proc.returncode}:\n{out[-4000:]}\n{err[-4000:]}")
+    assert not failed, "\n".join(failed)
+    return outs
 
 
 @pytest.fixture(scope="module")
-def files_across_backends(tmp_path_factory) -> list[dict]:
-    """Every backend writes its files, then every backend reads the others' (6 processes)."""
+def files_across_backends(tmp_path_factory) -> FileResults:
+    """Every backend writes its files, then every backend reads the others' (two rounds of one
+    child per backend). The JAX and PyTorch write children first use every public function
+    of the port (``USE_EVERYTHING``) and end with ``PROBE``."""
     if len(BACKENDS) < 2:
         pytest.skip(f"needs two Keras backends; installed: {', '.join(BACKENDS) or 'none'}")
     root = tmp_path_factory.mktemp("keras-files")
+    results = FileResults()
     for action in ("write", "read"):
-        for backend in BACKENDS:
-            run_on(backend, ["-c", FILES_CHILD, action, str(root), json.dumps(BACKENDS)], timeout=900)
-    results = [r for b in BACKENDS for r in json.loads((root / b / "read.json").read_text())]
+        outs = _children({b: ["-c", (USE_EVERYTHING if action == "write" and b != "tensorflow" else "")
+                              + FILES_CHILD + PROBE, action, str(root), json.dumps(BACKENDS)] for b in BACKENDS})
+        if action == "write":
+            results.probes = {b: loaded_frameworks(out) for b, out in outs.items()}
+    results += [r for b in BACKENDS for r in json.loads((root / b / "read.json").read_text())]
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "keras_files_across_backends.json").write_text(json.dumps(results, indent=1))
     return results
@@ -280,24 +261,50 @@ def parity_suite(heavy: bool) -> list[str]:
     ]
 
 
-def _run_suite(backend: str, ids: list[str]) -> None:
+#: the two tests that run ``parity_suite`` in a backend's process: test name -> heavy
+SUITE_TESTS = {"test_parity_suite_on_backend": False, "test_parity_suite_on_backend_googlenet_training": True}
+
+
+@pytest.fixture(scope="module")
+def suite_outcomes(request) -> dict[str, dict[str, str]]:
+    """One pytest process per backend runs the ``parity_suite`` ids of every selected test of
+    ``SUITE_TESTS`` for that backend (the light and the heavy ones together, so the frameworks
+    are imported once per backend): backend -> node id -> outcome (``-rA``'s PASSED, FAILED...)."""
     needs("torch", "keras", "flax")
-    out = run_on(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *ids])
-    summary = out.stdout.strip().splitlines()[-1]
-    assert f"{len(ids)} passed" in summary and "skipped" not in summary, out.stdout[-4000:]
+    selected = {item.name for item in request.session.items}
+    outcomes: dict[str, dict[str, str]] = {}
+    for backend in OTHER_BACKENDS:
+        ids = [i for test, heavy in SUITE_TESTS.items() if f"{test}[{backend}]" in selected
+               for i in parity_suite(heavy)]
+        if not ids:
+            continue
+        # exit status 1: some tests failed (each test below names its own)
+        out = run_on(backend, ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--durations=5", *ids],
+                     timeout=TIMEOUT, ok=(0, 1))
+        outcomes[backend] = {line.split(" ", 2)[1]: line.split(" ", 1)[0] for line in out.stdout.splitlines()
+                             if line.split(" ", 1)[0] in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+                             and len(line.split(" ")) > 1}
+        outcomes[backend]["__tail__"] = out.stdout[-4000:]
+    return outcomes
+
+
+def _assert_suite_passed(outcomes: dict[str, dict[str, str]], backend: str, ids: list[str]) -> None:
+    got = outcomes[backend]
+    bad = {i: got.get(i, "not run") for i in ids if got.get(i) != "PASSED"}
+    assert not bad, f"KERAS_BACKEND={backend}: {bad}\n{got['__tail__']}"
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_parity_suite_on_backend(backend):
+def test_parity_suite_on_backend(backend, suite_outcomes):
     """The Keras tests of ``parity_suite`` pass with ``KERAS_BACKEND=backend`` (same tolerances)."""
-    _run_suite(backend, parity_suite(heavy=False))
+    _assert_suite_passed(suite_outcomes, backend, parity_suite(heavy=False))
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_parity_suite_on_backend_googlenet_training(backend):
+def test_parity_suite_on_backend_googlenet_training(backend, suite_outcomes):
     """GoogLeNet's training-step parity and its seeded fault, with ``KERAS_BACKEND=backend``."""
-    _run_suite(backend, parity_suite(heavy=True))
+    _assert_suite_passed(suite_outcomes, backend, parity_suite(heavy=True))
 
 
 def test_parity_suite_covers_every_keras_case():

@@ -62,7 +62,7 @@ def pytest_runtest_setup(item):
     item.stash[_rss_key] = _rss_bytes()
 
 
-def _hand_back() -> None:
+def hand_back() -> None:
     """Collect reference cycles (Keras and Flax models hold some) and return freed heap pages,
     which glibc keeps otherwise."""
     gc.collect()
@@ -79,7 +79,7 @@ def pytest_runtest_teardown(item, nextitem):
     """After a test that built large models in this process, give their memory back (the
     suite's one process grew past 12 GB without it)."""
     if _rss_bytes() - item.stash.get(_rss_key, 0) >= _GREW:
-        _hand_back()
+        hand_back()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,4 +92,4 @@ def _framework_caches_per_module():
         sys.modules["keras"].backend.clear_session()
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
-    _hand_back()
+    hand_back()

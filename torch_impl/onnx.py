@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output .onnx file")
     args = p.parse_args(argv)
     spec, tensors = load_canonical(args.weights)
-    model = build_model(spec)
+    model = build_model(spec, initialize=False)
     import_weights(model, spec, tensors)
     del tensors
     export_onnx(model, spec, args.out)

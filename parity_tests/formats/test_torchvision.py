@@ -25,7 +25,7 @@ from rosetta_cnn.formats.torchvision import TORCHVISION_MODELS
 from rosetta_cnn.verification.parity import diff
 from rosetta_cnn.verification.tolerances import tolerance
 
-from ..conftest import needs
+from ..conftest import hand_back, needs
 
 # find_spec, not import: see WORKER
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
@@ -132,6 +132,7 @@ def assert_every_port_matches(spec, tensors, x, ref, origin):
         d = diff(ref, mod.forward(model, x)["logits"])
         assert d.max_rel <= TOL, f"{origin} -> {framework}: max_rel {d.max_rel:.2e}"
         del model
+        hand_back()  # a full-size model per framework: freed before the next (and the ONNX export's process)
 
 
 def _overrides(name, kwargs, size):

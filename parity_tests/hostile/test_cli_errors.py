@@ -123,9 +123,11 @@ CHILD = textwrap.dedent("""
 
     mode, dst = sys.argv[1], sys.argv[2]
     real = canonical.write_tensor_data
-    # Ctrl-C as in a terminal: a job started in the background of a non-interactive shell
-    # (CI scripts) inherits SIGINT ignored, and Python then installs no handler for it
+    # Ctrl-C and a hang-up as in a terminal: a job started in the background of a
+    # non-interactive shell (CI scripts) inherits SIGINT ignored, and one started under nohup
+    # SIGHUP ignored; the CLI rightly leaves an ignored signal ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     def slow(f, arrays):  # write a little, then be interrupted mid-write
         f.write(b"partial")

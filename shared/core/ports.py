@@ -293,7 +293,7 @@ def target_forward(target: str, spec: Any, tensors: Mapping[str, Any], x: Any) -
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     framework, exporter, runner, _ = TARGETS[target]
     mod = load(framework)
-    model = mod.build_model(spec)
+    model = mod.build_model(spec, initialize=False)
     mod.import_weights(model, spec, tensors)
     with tempfile.TemporaryDirectory(prefix="rosetta-target-") as d:
         path = os.path.join(d, f"{spec.name}.{target}")

@@ -16,9 +16,7 @@ them to simulate a broken port.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from jax import lax
 
 from rosetta_cnn.core import ops
 from rosetta_cnn.core.layout import lrn_window, pool_padding
+from rosetta_cnn.core.ports import kernels_drawn
 from rosetta_cnn.core.spec import Layer
 
 #: PyTorch's adaptive-pool window rule, ``[floor(i*n/o), ceil((i+1)*n/o))`` per output index.
@@ -128,25 +127,11 @@ class Concat(nnx.Module):
         return jnp.concatenate(xs, axis=-1)
 
 
-#: False while ``build_model(..., initialize=False)`` builds: kernels start as zeros
-_INITIALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("rosetta_flax_initialize", default=True)
-
-
-@contextlib.contextmanager
-def initializing(initialize: bool) -> Iterator[None]:
-    """Kernels built in this context get Flax's default initialiser or, with
-    ``initialize=False``, zeros: no draw and none of its temporaries (a VGG's 25088 x 4096
-    kernel drawn eagerly takes 2.7x its size on top), for a model whose weights are imported
-    right away."""
-    token = _INITIALIZE.set(initialize)
-    try:
-        yield
-    finally:
-        _INITIALIZE.reset(token)
-
-
 def _kernel_init() -> dict:
-    return {} if _INITIALIZE.get() else {"kernel_init": nnx.initializers.zeros_init()}
+    """Flax's default kernel initialiser, or zeros under ``build_model(initialize=False)``: no
+    draw and none of its temporaries (a VGG's 25088 x 4096 kernel drawn eagerly takes 2.7x its
+    size on top)."""
+    return {} if kernels_drawn() else {"kernel_init": nnx.initializers.zeros_init()}
 
 
 def conv2d(layer: Layer, rngs: nnx.Rngs) -> nnx.Conv:

@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from rosetta_cnn.core.layout import flattened_maps
+from rosetta_cnn.core.ports import initializing
 from rosetta_cnn.core.spec import INPUT, ModelSpec
 
 from .layers import OPS
@@ -92,7 +93,5 @@ def build_model(spec: ModelSpec, *, seed: int = 0, initialize: bool = True) -> S
     """A freshly initialised model for ``spec`` (Flax's default initialisers), in eval mode;
     ``initialize=False`` skips the draws (zero kernels) for a model whose weights are
     imported right after (parity runs, format checks)."""
-    from .layers import initializing
-
     with initializing(initialize):
         return SpecModel(spec, rngs=nnx.Rngs(seed))

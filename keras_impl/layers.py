@@ -23,10 +23,8 @@ PyTorch semantics of ``shared/core/ops.py``:
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -34,6 +32,7 @@ from keras import ops as kops
 
 from rosetta_cnn.core import ops
 from rosetta_cnn.core.layout import lrn_window, pool_padding
+from rosetta_cnn.core.ports import kernels_drawn
 from rosetta_cnn.core.spec import Layer
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -267,24 +266,9 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
-#: False while ``build_model(..., initialize=False)`` builds: kernels start as zeros
-_INITIALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("rosetta_keras_initialize", default=True)
-
-
-@contextlib.contextmanager
-def initializing(initialize: bool) -> Iterator[None]:
-    """Kernels built in this context are drawn (``GlorotUniform``) or, with ``initialize=False``,
-    zeros: no draw and no temporaries, for a model whose weights are imported right away."""
-    token = _INITIALIZE.set(initialize)
-    try:
-        yield
-    finally:
-        _INITIALIZE.reset(token)
-
-
 def _kernel_initializer(rng: np.random.Generator) -> keras.initializers.Initializer | str:
     seed = _seed(rng)  # drawn either way: the dropout seeds after it stay the same
-    return GlorotUniform(seed) if _INITIALIZE.get() else "zeros"
+    return GlorotUniform(seed) if kernels_drawn() else "zeros"  # zeros: build_model(initialize=False)
 
 
 def conv2d(layer: Layer, rng: np.random.Generator) -> list[keras.layers.Layer]:

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from rosetta_cnn.core.layout import flattened_maps
+from rosetta_cnn.core.ports import initializing
 from rosetta_cnn.core.spec import INPUT, ModelSpec
 
 from . import layers, layout
@@ -52,7 +53,7 @@ def build_model(spec: ModelSpec, *, seed: int = 0, initialize: bool = True) -> k
                                       "parameters permuted to Keras' (H, W, C) order")
         args = [values[name] for name in layer.inputs]
         x = args if len(args) > 1 else args[0]
-        with layers.initializing(initialize):
+        with initializing(initialize):
             for keras_layer in layers.OPS[layer.op](layer, rng):
                 x = keras_layer(x)
         expected = layout.framework_shape(layer.out_shape)

@@ -56,6 +56,8 @@ importing them, :func:`load` imports a port on demand.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
@@ -63,7 +65,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RosettaError
 
@@ -90,6 +92,27 @@ CONTRACT: dict[str, tuple[str, ...]] = {
               "configs", "default_config", "build", "inference", "training"),
     "distributed": ("setup", "replica_batch", "replica_loss"),
 }
+#: False while a port's ``build_model(..., initialize=False)`` builds (:func:`initializing`)
+_INITIALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("rosetta_initialize", default=True)
+
+
+@contextlib.contextmanager
+def initializing(initialize: bool) -> Iterator[None]:
+    """Layers built in this context draw their kernels (``initialize``) or start them as
+    zeros: no draw and none of its temporaries, for a model whose weights are imported right
+    away. The Keras and Flax layer factories ask :func:`kernels_drawn`."""
+    token = _INITIALIZE.set(initialize)
+    try:
+        yield
+    finally:
+        _INITIALIZE.reset(token)
+
+
+def kernels_drawn() -> bool:
+    """Whether layers built now draw their kernels (see :func:`initializing`)."""
+    return _INITIALIZE.get()
+
+
 #: what each port's package itself exports (``from rosetta_cnn import torch_impl; torch_impl.build_model``)
 PACKAGE_API: tuple[str, ...] = ("build_model", "export_weights", "iter_weights", "import_weights", "save_weights",
                                 "load_weights", "forward", "gpu_available", "strict_precision")

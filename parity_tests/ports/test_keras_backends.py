@@ -50,21 +50,6 @@ def this_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
-def run_on(backend: str, args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """``python ARGS`` in the repository root with ``KERAS_BACKEND=backend``; fails the test on a
-    non-zero exit, with the process's output."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"KERAS_BACKEND={backend} python {' '.join(args)}: no answer within {timeout} s\n"
-                    f"{(e.stdout or '')[-4000:]}")
-    assert out.returncode == 0, (f"KERAS_BACKEND={backend} python {' '.join(args)} exited {out.returncode}:\n"
-                                 f"{out.stdout[-6000:]}\n{out.stderr[-6000:]}")
-    return out
-
-
 # ---------------------------------------------------------------------------
 # no TensorFlow outside the TensorFlow backend
 
@@ -129,9 +114,9 @@ def test_port_runs_without_tensorflow(backend, files_across_backends):
 def test_the_import_check_would_see_tensorflow():
     """The control: the same probe reports TensorFlow when a module does import it."""
     needs("keras")
-    out = run_on(OTHER_BACKENDS[0] if OTHER_BACKENDS else "tensorflow", ["-c", "import tensorflow\n" + PROBE],
-                 timeout=600)
-    assert "tensorflow" in loaded_frameworks(out.stdout)[1]
+    backend = OTHER_BACKENDS[0] if OTHER_BACKENDS else "tensorflow"
+    out = _children({backend: ["-c", "import tensorflow\n" + PROBE]}, timeout=600)[backend]
+    assert "tensorflow" in loaded_frameworks(out)[1]
 
 
 # ---------------------------------------------------------------------------
@@ -166,6 +151,7 @@ def _children(commands: dict[str, list[str]], timeout: float = 900, ok: tuple[in
         except subprocess.TimeoutExpired:
             for p in procs.values():
                 p.kill()
+                p.wait()
             pytest.fail(f"KERAS_BACKEND={b}: no answer within {timeout} s")
         outs[b] = out
         if proc.returncode not in ok:

@@ -168,34 +168,25 @@ class LocalRunner:
         implementation ports. With ``path`` the draw and the export go through canonical files,
         one tensor at a time, so that neither sits in memory whole: the draw is read from the
         file ``drawn`` (:func:`~rosetta_cnn.verification.workers.write_random`, written once
-        and shared by every runner) or written next to ``path``; an export that gives back the
-        draw bit for bit returns the draw's file itself (nothing is written), any other is
-        written to ``path``. Returns the export (a mapping, or the file that holds it)."""
+        and shared by every runner); an export that gives back the draw bit for bit returns
+        the draw's file itself (nothing is written), any other is written to ``path``.
+        Returns the export (a mapping, or the file that holds it)."""
         if path is None:
             self.mod.import_weights(self.model, self.spec, random_canonical(draw, seed))
             return self.mod.export_weights(self.model, self.spec)
-        from .workers import read_tensors, write_random, write_tensors
+        if drawn is None:
+            raise ValueError("an export to a file reads its draw from a file: give drawn")
+        from .workers import read_tensors, write_tensors
 
-        own_draw = drawn is None
-        draw_path = f"{path}.draw" if own_draw else drawn
-        try:
-            if own_draw:
-                write_random(draw_path, draw, seed)
-            tensors = read_tensors(draw_path)
-            self.mod.import_weights(self.model, self.spec, tensors)
-            self._dirty, self._holds = False, None
-            # first pass: compare (nothing written; stops at the first difference)
-            same = all(tensors.matches(name, a) for name, a in self.mod.iter_weights(self.model, self.spec))
-            if same and not own_draw:
-                self._holds = draw_path  # what importing the draw gives: the first run need not import
-                return draw_path
-            # one tensor at a time: exported, checked, written and dropped
-            write_tensors(path, self.spec, self.mod.iter_weights(self.model, self.spec), framework=self.label)
-            if same:
-                self._holds = path
-        finally:
-            if own_draw and os.path.exists(draw_path):
-                os.remove(draw_path)
+        tensors = read_tensors(drawn)
+        self.mod.import_weights(self.model, self.spec, tensors)
+        self._dirty, self._holds = False, None
+        # first pass: compare (nothing written; stops at the first difference)
+        if all(tensors.matches(name, a) for name, a in self.mod.iter_weights(self.model, self.spec)):
+            self._holds = drawn  # what importing the draw gives: the first run need not import
+            return drawn
+        # one tensor at a time: exported, checked, written and dropped
+        write_tensors(path, self.spec, self.mod.iter_weights(self.model, self.spec), framework=self.label)
         return path
 
     def _load(self, weights: Any) -> None:

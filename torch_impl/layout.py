@@ -18,9 +18,13 @@ import torch
 
 
 def to_framework(w: Any) -> torch.Tensor:
-    """A canonical array (numpy or torch) -> a float32 CPU tensor of the same layout."""
+    """A canonical array (numpy or torch) -> a float32 CPU tensor of the same layout. A writable, contiguous
+    float32 numpy array is shared, not copied (``import_weights`` copies it into the model)."""
     # canonical [O, I/groups, kH, kW] / [out, in] / [C] == PyTorch layout: no transpose
-    return torch.tensor(np.asarray(w), dtype=torch.float32)
+    a = np.asarray(w)
+    if a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous:
+        return torch.from_numpy(a)
+    return torch.tensor(a, dtype=torch.float32)
 
 
 def from_framework(t: torch.Tensor) -> np.ndarray:

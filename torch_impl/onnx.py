@@ -8,7 +8,9 @@ bundled model is far below ONNX's 2 GiB protobuf limit), takes a NCHW float32 ba
 The exporter imports ``torch._dynamo`` and with it Triton, which crashes the process
 (segmentation fault) when TensorFlow was imported first (both bundle LLVM). So when
 TensorFlow is loaded, ``export_onnx`` writes the weights to a temporary canonical file and
-exports in a fresh interpreter (``python -m rosetta_cnn.torch_impl.onnx WEIGHTS.safetensors OUT.onnx``).
+exports in a fresh interpreter (``python -m rosetta_cnn.torch_impl.onnx WEIGHTS.safetensors OUT.onnx``);
+``export_onnx_tensors`` (the ``onnx`` parity target's exporter) writes canonical tensors to
+that file as they are, without building a model here.
 """
 from __future__ import annotations
 
@@ -18,16 +20,17 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from typing import Any, Mapping
 
 import torch
 
-from rosetta_cnn.core.canonical import load_canonical
+from rosetta_cnn.core.canonical import load_canonical, save_canonical
 from rosetta_cnn.core.errors import RosettaError
 from rosetta_cnn.core.files import atomic_path
 from rosetta_cnn.core.spec import ModelSpec
 
 from .model import SpecModel, build_model
-from .weights import import_weights, save_weights
+from .weights import FRAMEWORK, import_weights, save_weights
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -40,10 +43,7 @@ def export_onnx(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
         with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
             weights = os.path.join(d, "weights.safetensors")
             save_weights(model, spec, weights)
-            done = subprocess.run([sys.executable, "-m", __name__, weights, os.fspath(path)],
-                                  capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RosettaError(f"ONNX export of {spec.name} failed in a subprocess: {done.stderr.strip()[-2000:]}")
+            _export_in_subprocess(spec, weights, path)
         return
     was_training = model.training
     model.eval()
@@ -60,6 +60,27 @@ def export_onnx(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> N
             program.save(str(tmp), external_data=False)
     finally:
         model.train(was_training)
+
+
+def export_onnx_tensors(spec: ModelSpec, tensors: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write canonical ``tensors`` of ``spec`` as ONNX: with TensorFlow loaded, straight to the
+    fresh interpreter's weight file (no PyTorch model is built in this process); otherwise
+    built, imported and exported here (:func:`export_onnx`)."""
+    if "tensorflow" in sys.modules:
+        with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
+            weights = os.path.join(d, "weights.safetensors")
+            save_canonical(weights, spec, tensors, framework=FRAMEWORK)
+            _export_in_subprocess(spec, weights, path)
+        return
+    model = build_model(spec, initialize=False)
+    import_weights(model, spec, tensors)
+    export_onnx(model, spec, path)
+
+
+def _export_in_subprocess(spec: ModelSpec, weights: str, path: str | os.PathLike) -> None:
+    done = subprocess.run([sys.executable, "-m", __name__, weights, os.fspath(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RosettaError(f"ONNX export of {spec.name} failed in a subprocess: {done.stderr.strip()[-2000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,11 @@
 
 ``export_weights`` returns every canonical tensor (parameters and BatchNorm running
 statistics; BatchNorm's ``num_batches_tracked`` counter is not part of the format).
-``import_weights`` checks every name and shape against the spec first, then converts all
-tensors, then copies them into the model under ``torch.no_grad()``, so that a bad input leaves
-the model exactly as it was.
+``import_weights`` checks every name and shape against the spec, and that every tensor can be
+read, before it copies any into the model (under ``torch.no_grad()``), so that a bad input
+leaves the model exactly as it was; it then copies one tensor at a time, straight from the
+caller's float32 array (a memory-mapped file's pages are read as they are copied and leave
+the process with that tensor), so an import holds no second copy of the weights.
 """
 from __future__ import annotations
 
@@ -55,10 +57,12 @@ def import_weights(model: nn.Module, spec: ModelSpec, tensors: Mapping[str, np.n
     """Load canonical tensors into the model; on any error the model is left unchanged."""
     check_tensors(spec, tensors)
     targets = _model_tensors(model, spec)
-    converted = {name: layout.to_framework(tensors[name]) for name in targets}
+    # every tensor readable before the model changes (a file-backed mapping maps, reads nothing)
+    arrays = {name: np.asarray(tensors[name]) for name in targets}
     with torch.no_grad():
         for name, target in targets.items():
-            target.copy_(converted[name])  # keeps the target's device and memory format
+            # keeps the target's device and memory format; each array is dropped once copied
+            target.copy_(layout.to_framework(arrays.pop(name)))
 
 
 def save_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> None:

@@ -225,6 +225,30 @@ def test_labels_of_one_runtime_share_a_process_and_keep_their_own_ports_and_faul
         assert sorted(p.processes().values()) == [["keras/torch"], ["torch"]]
 
 
+def test_runtimes_take_turns_on_a_model_too_large_to_keep_and_a_fresh_process_keeps_its_faults(pool, monkeypatch):
+    """Past ``KEEP_MODELS_BYTES`` one runtime works at a time (``WorkerPool.focus``): once its
+    turn is over, a process that holds no model stops, and the next request starts a fresh
+    one, with the faults applied to its label (so a parked worker cannot hide a fault)."""
+    from rosetta_cnn.verification import parity
+
+    spec = parity_spec("googlenet", overrides=SMALL["googlenet"])
+    monkeypatch.setattr(parity, "KEEP_MODELS_BYTES", 0)
+    torch_worker = pool.runner("torch")
+    torch_worker.patch(["parity_tests.parity.faults:drop_ceil_mode"])
+    try:
+        pid = torch_worker.pid
+        broken = model_parity(spec, ["torch", "flax"], modes=["eval"], pool=pool)
+        # flax's turn stopped torch's process; the first-divergence report started a fresh one
+        assert pool.runner("torch") is torch_worker and torch_worker.pid != pid
+    finally:
+        torch_worker.unpatch()
+    for r in broken:  # a fresh process without the fault would find no diverging layer
+        assert not r.passed and "pool" in str(r.first_divergence), r
+    fixed = model_parity(spec, ["torch", "flax"], modes=["eval"], pool=pool)
+    assert all(r.passed for r in fixed), fixed
+    assert list(pool.processes().values()) == [["flax"]]  # torch's turn came first, and ended
+
+
 def test_a_dead_worker_fails_the_next_request_at_once_with_its_output(pool):
     w = pool.runner("torch")
     w.ready()

@@ -35,7 +35,8 @@ def run_parity(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     records = []
     with WorkerPool(labels) as pool:
-        hosts = [" + ".join(group) for group in pool.processes().values()]
+        processes = list(pool.processes().values())  # as started: later, large models park idle ones
+        hosts = [" + ".join(group) for group in processes]
         print(f"implementations: {', '.join(labels)} ({len(hosts)} worker processes, labels of one runtime "
               f"share one: {'; '.join(hosts)})", file=sys.stderr, flush=True)
         if "gpu" in devices:
@@ -58,7 +59,6 @@ def run_parity(args: argparse.Namespace) -> int:
                 print(f"  {model}: {time.perf_counter() - t1:.0f} s, peak {pool.monitor.mark() / 1024:.2f} GiB resident",
                       file=sys.stderr, flush=True)
         versions = pool.versions()
-        processes = list(pool.processes().values())
         memory = pool.close()
         timings = {label: {k: round(v, 1) for k, v in t.items()} for label, t in pool.timings().items()}
     seconds = time.perf_counter() - t0

@@ -118,10 +118,10 @@ PACKAGE_API: tuple[str, ...] = ("build_model", "export_weights", "iter_weights",
                                 "load_weights", "forward", "gpu_available", "strict_precision")
 
 #: Runtimes that run a model exported from one port: parity targets, never sources.
-#: name -> (exporting framework, "module:function" exporter(model, spec, path),
+#: name -> (exporting framework, "module:function" exporter(spec, canonical tensors, path),
 #: "module:function" runner(path, x_nchw) -> {"logits": ...}, the packages both need).
 TARGETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
-    "onnx": ("torch", "rosetta_cnn.torch_impl.onnx:export_onnx", "rosetta_cnn.formats.onnx_runtime:forward",
+    "onnx": ("torch", "rosetta_cnn.torch_impl.onnx:export_onnx_tensors", "rosetta_cnn.formats.onnx_runtime:forward",
              ("onnxscript", "onnxruntime")),
 }
 
@@ -310,15 +310,14 @@ def available_targets() -> list[str]:
 
 
 def target_forward(target: str, spec: Any, tensors: Mapping[str, Any], x: Any) -> dict[str, Any]:
-    """Eval-mode outputs of ``target`` for canonical ``tensors``: build the exporting port,
-    import the tensors, export to a temporary file and run it on the NCHW batch ``x``."""
+    """Eval-mode outputs of ``target`` for canonical ``tensors``: the exporting port exports
+    them to a temporary file (building its model, or in a process of its own) and the target's
+    runtime runs it on the NCHW batch ``x``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     framework, exporter, runner, _ = TARGETS[target]
-    mod = load(framework)
-    model = mod.build_model(spec, initialize=False)
-    mod.import_weights(model, spec, tensors)
+    load(framework)
     with tempfile.TemporaryDirectory(prefix="rosetta-target-") as d:
         path = os.path.join(d, f"{spec.name}.{target}")
-        _function(exporter)(model, spec, path)
+        _function(exporter)(spec, tensors, path)
         return _function(runner)(path, x)

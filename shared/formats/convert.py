@@ -185,15 +185,13 @@ def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source:
         tv.write_torchvision(path, spec, tensors)
     elif fmt == "keras-applications":
         ka.write_keras_applications(path, spec, tensors)
-    elif fmt in NATIVE or fmt == "onnx":
-        framework = NATIVE.get(fmt, "torch")
-        mod = ports.load(framework)
-        net = mod.build_model(spec)
+    elif fmt == "onnx":
+        ports.module("torch", "onnx").export_onnx_tensors(spec, tensors, path)
+    elif fmt in NATIVE:
+        mod = ports.load(NATIVE[fmt])
+        net = mod.build_model(spec, initialize=False)  # every weight is imported next
         mod.import_weights(net, spec, tensors)
-        if fmt == "onnx":
-            ports.module(framework, "onnx").export_onnx(net, spec, path)
-        else:
-            ports.module(framework, "weights").save_native(net, spec, path)
+        ports.module(NATIVE[fmt], "weights").save_native(net, spec, path)
     else:
         raise RosettaError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 

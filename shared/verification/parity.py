@@ -261,14 +261,21 @@ def same_weights(a: Any, b: Any) -> bool:
                                         for n in a)
 
 
+#: the order of the runtimes in :func:`build_order`: JAX (the slowest to compile) last
+RUNTIME_ORDER = ("torch", "tensorflow", "jax")
+
+
 def build_order(labels: Sequence[str]) -> list[int]:
-    """The order in which :func:`run_pairs` visits the runners when it keeps one model at a
-    time: the last one is never rebuilt, so the JAX-based implementations (whose initialisers
-    are the slowest to compile and run on a CPU) go last."""
-    def cost(i: int) -> int:
+    """The order in which :func:`run_pairs` visits the runners: the implementations of one
+    runtime (``torch`` and ``keras/torch``, ``keras/jax`` and ``flax``) one after the other, so
+    that worker processes can take turns (``focus``); the last one is never rebuilt, so the
+    JAX-based implementations (the slowest to compile on a CPU), Flax last of all, go last."""
+    def key(i: int) -> tuple[int, int, int]:
         impl = ports.resolve(labels[i])
-        return 2 if impl.framework == "flax" else 1 if impl.backend == "jax" else 0
-    return sorted(range(len(labels)), key=lambda i: (cost(i), i))
+        rt = impl.backend or ("jax" if impl.framework == "flax" else impl.framework)
+        rank = RUNTIME_ORDER.index(rt) if rt in RUNTIME_ORDER else len(RUNTIME_ORDER)
+        return rank, int(impl.framework == "flax"), i
+    return sorted(range(len(labels)), key=key)
 
 
 def run_pairs(
@@ -286,6 +293,7 @@ def run_pairs(
     scratch: str | None = None,
     keep_models: bool = True,
     draw_per_source: bool = False,
+    focus: Callable[[str, str | None], None] | None = None,
     progress: Progress | None = None,
 ) -> list[Record]:
     """Parity records of one model for every ordered pair of ``runners`` (each a
@@ -305,7 +313,9 @@ def run_pairs(
     every runner builds its model once and keeps it; without, only one model is alive at a
     time: runner k (in :func:`build_order`) builds, exports, runs the groups that exist and
     frees its model, then each runner that has not run a later group builds once more for
-    it. A pair past tolerance is re-run layer by layer for the first-divergence report
+    it. ``focus(now, next)`` (:meth:`~rosetta_cnn.verification.workers.WorkerPool.focus`) is
+    called with the label that works now and the one after it, before each turn of that
+    loop. A pair past tolerance is re-run layer by layer for the first-divergence report
     (``per_layer``: every pair, from the first runs). Records come in the order device, mode,
     source, target (indices of ``runners``); then the ``targets`` (``target_runner(name)``
     runs each group's export once: a record per source) and the cpu-vs-gpu records.
@@ -360,6 +370,8 @@ def run_pairs(
     order = build_order(labels)
     try:
         for pos, k in enumerate(order):
+            if focus is not None:
+                focus(labels[k], labels[order[pos + 1]] if pos + 1 < len(order) else None)
             say(f"{spec.name}: {labels[k]} exports its random draw")
             path = os.path.join(scratch, f"{spec.name}-{k}.safetensors") if scratch else None
             draw_seed = seed + 101 * ((k + 1) if draw_per_source else 1)
@@ -376,6 +388,8 @@ def run_pairs(
         for k in order[:-1]:
             for g in dict.fromkeys(group.values()):
                 if (k, g) not in outs:
+                    if focus is not None:
+                        focus(labels[k], None)
                     run_on(k, g)
             if not keep_models:
                 release(k)
@@ -462,7 +476,10 @@ def model_parity(
 
     Without ``pool`` every implementation runs in this process (so a Keras label must match
     the backend Keras runs on here); with a :class:`~rosetta_cnn.verification.workers.WorkerPool`
-    each runs in its worker process, and the models are freed when the model is done.
+    each runs in its worker process, and the models are freed when the model is done. A model
+    whose weights in every implementation together exceed :data:`KEEP_MODELS_BYTES` is built
+    one implementation at a time, and its worker processes take turns (``WorkerPool.focus``):
+    only the working one and the next one run, instead of every runtime staying resident.
 
     ``draw_per_source`` gives each source a random draw of its own (every runner then runs
     every source's export: n * n runs instead of n when the exports agree; :func:`run_pairs`).
@@ -488,7 +505,7 @@ def model_parity(
         return run_pairs(spec, runners, specs=[(specs or {}).get(f, spec) for f in frameworks], modes=list(modes),
                          devices=list(devices), seed=seed, batch=batch, per_layer=per_layer, targets=targets,
                          target_runner=target_runner, scratch=scratch, keep_models=keep, draw_per_source=draw_per_source,
-                         progress=progress)
+                         focus=None if keep else pool.focus, progress=progress)
     finally:
         for r in runners:
             r.free()

@@ -377,6 +377,8 @@ class WorkerProcess:
         self.infos: dict[str, dict[str, Any]] | None = None
         self.start_seconds = 0.0
         self._stopping = False
+        self.models: set[str] = set()  # the labels that hold a model here
+        self.parked = False  # stopped by WorkerPool.focus: its workers start a fresh process
 
     @property
     def pid(self) -> int:
@@ -485,13 +487,20 @@ class Worker:
     :class:`~rosetta_cnn.verification.parity.LocalRunner`, run there."""
 
     def __init__(self, label: str, process: WorkerProcess, *, request_timeout: float = REQUEST_TIMEOUT,
-                 patches: Sequence[str] = ()):
+                 patches: Sequence[str] = (), home: Callable[[str], WorkerProcess] | None = None):
         self.label, self.implementation = label, ports.resolve(label).name
         self.process, self.request_timeout = process, request_timeout
         self.info: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}  # request -> seconds spent waiting for it
         self.built = False  # whether the worker holds a model
-        self._patches = list(patches)
+        self._patches = list(patches)  # applied whenever a process starts for this label
+        self._home = home  # a process for this label once its own was parked
+
+    def wake(self) -> None:
+        """If :meth:`WorkerPool.focus` parked this label's process, start a fresh one (without
+        waiting for it: its start-up overlaps whatever runs meanwhile)."""
+        if self.process.parked and self._home is not None:
+            self.process = self._home(self.label)
 
     @property
     def proc(self) -> subprocess.Popen:
@@ -503,14 +512,15 @@ class Worker:
 
     def ready(self) -> dict[str, Any]:
         """Wait until the process has imported this label's port; its versions and pid."""
-        if self.info is None:
+        self.wake()
+        if self.info is None or self.info.get("pid") != self.process.pid:
             t0 = time.perf_counter()
             infos = self.process.ready()
             self.info = infos.get(self.label) or self.process.request(self.label, "info", {}, "starting",
                                                                       self.request_timeout)
-            self.timings["start"] = time.perf_counter() - t0
+            self.timings["start"] = self.timings.get("start", 0.0) + time.perf_counter() - t0
             if self._patches:
-                self.patch(self._patches)
+                self.call("patch", refs=list(self._patches))
         return self.info
 
     def call(self, method: str, **kwargs: Any) -> Any:
@@ -532,6 +542,7 @@ class Worker:
     def build(self, spec: ModelSpec, seed: int = 0) -> None:
         self.call("build", spec=spec, seed=seed)
         self.built = True
+        self.process.models.add(self.label)
 
     def export_random(self, draw: ModelSpec, seed: int, path: str | None = None, drawn: str | None = None) -> str:
         if path is None:
@@ -553,6 +564,7 @@ class Worker:
         if self.built and self.proc.poll() is None:
             self.call("free")
         self.built = False
+        self.process.models.discard(self.label)
 
     def training_run(self, spec: ModelSpec, start: Mapping[str, np.ndarray] | str,
                      batches: list[tuple[np.ndarray, np.ndarray]], opt: Any, *, keep: tuple[int, ...] = (1, 5)) -> Any:
@@ -562,12 +574,14 @@ class Worker:
 
     def patch(self, refs: Sequence[str]) -> None:
         """Apply seeded faults to this label's port in the worker (each ``"module:function"``,
-        called as ``function(patcher, port)``) until :meth:`unpatch`."""
+        called as ``function(patcher, port)``) until :meth:`unpatch` (in a fresh process too)."""
         self.call("patch", refs=list(refs))
+        self._patches += refs
 
     def unpatch(self) -> None:
-        """Undo every fault :meth:`patch` applied to this label's port."""
+        """Undo every fault applied to this label's port (:meth:`patch`, and the pool's)."""
         self.call("unpatch")
+        self._patches = []
 
     # the process's
     def request_stop(self) -> None:
@@ -650,14 +664,36 @@ class WorkerPool:
     def runner(self, label: str) -> Worker:
         """The worker of ``label`` (its process started now if none can host it)."""
         w = self._workers.get(label)
-        if w is not None and w.proc.poll() is not None:  # its process died: the next use starts a fresh one
+        if w is not None and not w.process.parked and w.proc.poll() is not None:
+            # its process died: the next use starts a fresh one
             del self._workers[label]
             w = None
         if w is None:
             ports.require(label)
             w = self._workers[label] = Worker(label, self._process_for(label), request_timeout=self._request_timeout,
-                                              patches=self._patches.get(label, ()))
+                                              patches=self._patches.get(label, ()), home=self._process_for)
         return w
+
+    def focus(self, now: str, soon: str | None = None) -> None:
+        """Let only the processes of labels ``now`` and ``soon`` run: every other worker process
+        that holds no model is stopped (parked; its labels' next request starts a fresh one,
+        with their patches), then ``now``'s and ``soon``'s processes are started if they are
+        not running, without waiting for them, so that ``soon``'s start-up overlaps ``now``'s
+        work. For a model too large to keep in every runtime at once: an idle runtime holds
+        0.7-1.2 GB, and the working one a full-size model and its conversions besides."""
+        wanted = [label for label in (now, soon) if label]
+        runtimes = {runtime(label) for label in wanted}
+        for p in list(self._processes):
+            if p.parked and p.proc.poll() is not None:  # exited: close its pipes and log
+                p.stop()
+                self._processes.remove(p)
+            elif p.name not in runtimes and not p.models and not p.parked and p.proc.poll() is None:
+                if self.monitor is not None:
+                    self.monitor.record_high_water_marks(self._names())
+                p.parked = True
+                p.request_stop()
+        for label in wanted:
+            self.runner(label).wake()
 
     def target_runner(self, target: str) -> Worker:
         """A worker of the framework that exports for ``target`` (``core.ports.TARGETS``)."""
@@ -672,11 +708,12 @@ class WorkerPool:
         return {label: dict(w.timings) for label, w in self._workers.items()}
 
     def versions(self) -> dict[str, dict[str, str]]:
-        return {label: w.ready()["versions"] for label, w in self._workers.items()}
+        return {label: (w.info or w.ready())["versions"] for label, w in self._workers.items()}
 
     def processes(self) -> dict[str, list[str]]:
-        """Each live worker process (its runtime and pid) -> the labels it hosts."""
-        return {f"{p.name} (pid {p.pid})": list(p.labels) for p in self._processes if p.proc.poll() is None}
+        """Each live worker process (its runtime and pid) -> the labels it hosts (parked ones not)."""
+        return {f"{p.name} (pid {p.pid})": list(p.labels) for p in self._processes
+                if p.proc.poll() is None and not p.parked}
 
     def free_all(self) -> None:
         for w in self._workers.values():

@@ -294,4 +294,4 @@ def test_memory_monitor_sees_a_child_process():
     finally:
         child.kill()
         child.wait(timeout=10)
-    assert s["peak_rss_mb"] > 300 and s["hwm_sum_mb"] >= s["peak_rss_mb"] - 5 and s["processes"] == 2
+    assert s["peak_rss_mb"] > 300 and s["hwm_max_mb"] > 300 and s["processes"] == 2

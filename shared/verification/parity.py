@@ -265,16 +265,23 @@ def same_weights(a: Any, b: Any) -> bool:
 RUNTIME_ORDER = ("torch", "tensorflow", "jax")
 
 
-def build_order(labels: Sequence[str]) -> list[int]:
+def build_order(labels: Sequence[str], first: str | None = None) -> list[int]:
     """The order in which :func:`run_pairs` visits the runners: the implementations of one
     runtime (``torch`` and ``keras/torch``, ``keras/jax`` and ``flax``) one after the other, so
-    that worker processes can take turns (``focus``); the last one is never rebuilt, so the
-    JAX-based implementations (the slowest to compile on a CPU), Flax last of all, go last."""
+    that worker processes can take turns (``focus``), in :data:`RUNTIME_ORDER`; the last one is
+    never rebuilt, so the JAX-based implementations (the slowest to compile on a CPU), Flax
+    last of all, go last. With ``first`` the runtime whose process is running now (the last
+    of the previous model's turns), the runtimes go in the opposite order when ``first`` would
+    otherwise be last, so that it need not be started again."""
+    from .workers import runtime
+
+    present = sorted({runtime(label) for label in labels},
+                     key=lambda rt: RUNTIME_ORDER.index(rt) if rt in RUNTIME_ORDER else len(RUNTIME_ORDER))
+    if first is not None and len(present) > 1 and present[-1] == first:
+        present.reverse()
+
     def key(i: int) -> tuple[int, int, int]:
-        impl = ports.resolve(labels[i])
-        rt = impl.backend or ("jax" if impl.framework == "flax" else impl.framework)
-        rank = RUNTIME_ORDER.index(rt) if rt in RUNTIME_ORDER else len(RUNTIME_ORDER)
-        return rank, int(impl.framework == "flax"), i
+        return present.index(runtime(labels[i])), int(ports.resolve(labels[i]).framework == "flax"), i
     return sorted(range(len(labels)), key=key)
 
 
@@ -294,6 +301,7 @@ def run_pairs(
     keep_models: bool = True,
     draw_per_source: bool = False,
     focus: Callable[[str, str | None], None] | None = None,
+    order: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> list[Record]:
     """Parity records of one model for every ordered pair of ``runners`` (each a
@@ -313,9 +321,10 @@ def run_pairs(
     every runner builds its model once and keeps it; without, only one model is alive at a
     time: runner k (in :func:`build_order`) builds, exports, runs the groups that exist and
     frees its model, then each runner that has not run a later group builds once more for
-    it. ``focus(now, next)`` (:meth:`~rosetta_cnn.verification.workers.WorkerPool.focus`) is
-    called with the label that works now and the one after it, before each turn of that
-    loop. A pair past tolerance is re-run layer by layer for the first-divergence report
+    it (``order``: the runners' indices in that order, :func:`build_order` by default).
+    ``focus(now, next)`` (:meth:`~rosetta_cnn.verification.workers.WorkerPool.focus`) is
+    called before each turn of that loop with the label that works now and the first later
+    one of another runtime (whose process can start meanwhile). A pair past tolerance is re-run layer by layer for the first-divergence report
     (``per_layer``: every pair, from the first runs). Records come in the order device, mode,
     source, target (indices of ``runners``); then the ``targets`` (``target_runner(name)``
     runs each group's export once: a record per source) and the cpu-vs-gpu records.
@@ -367,11 +376,14 @@ def run_pairs(
             write_random(draws[draw_seed], spec, draw_seed)
         return draws.get(draw_seed)
 
-    order = build_order(labels)
+    order = list(order) if order is not None else build_order(labels)
     try:
         for pos, k in enumerate(order):
             if focus is not None:
-                focus(labels[k], labels[order[pos + 1]] if pos + 1 < len(order) else None)
+                from .workers import runtime
+
+                later = [labels[i] for i in order[pos + 1:] if runtime(labels[i]) != runtime(labels[k])]
+                focus(labels[k], later[0] if later else None)
             say(f"{spec.name}: {labels[k]} exports its random draw")
             path = os.path.join(scratch, f"{spec.name}-{k}.safetensors") if scratch else None
             draw_seed = seed + 101 * ((k + 1) if draw_per_source else 1)
@@ -501,11 +513,13 @@ def model_parity(
         target_runner, scratch = pool.target_runner, pool.scratch
     weight_bytes = 4 * sum(math.prod(shape) for shape in expected_tensors(spec).values())
     keep = pool is None or len(frameworks) * weight_bytes <= KEEP_MODELS_BYTES
+    running = [] if keep else pool.running_runtimes()
+    order = build_order(frameworks, running[0] if len(running) == 1 else None)
     try:
         return run_pairs(spec, runners, specs=[(specs or {}).get(f, spec) for f in frameworks], modes=list(modes),
                          devices=list(devices), seed=seed, batch=batch, per_layer=per_layer, targets=targets,
                          target_runner=target_runner, scratch=scratch, keep_models=keep, draw_per_source=draw_per_source,
-                         focus=None if keep else pool.focus, progress=progress)
+                         focus=None if keep else pool.focus, order=order, progress=progress)
     finally:
         for r in runners:
             r.free()

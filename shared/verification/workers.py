@@ -250,9 +250,10 @@ class MemoryMonitor:
     overstates physical memory; ``peak_pss_mb``: proportional set size (shared pages split among
     the processes sharing them), sampled near the resident peak (at least 95% of it) and at
     most every ``pss_every`` intervals (the kernel walks every page table of every process for
-    it: sampled each second, 5% of a parity run's CPU time); ``hwm_sum_mb`` (set
-    by :meth:`record_high_water_marks`): each process's own peak (``VmHWM``) summed, an upper
-    bound that no sampling can miss.
+    it: sampled each second, 5% of a parity run's CPU time); ``hwm_max_mb`` (set
+    by :meth:`record_high_water_marks`): the largest process's own peak (``VmHWM``), which no
+    sampling can miss (processes that take turns are not alive at once, so their peaks are
+    not summed).
     """
 
     def __init__(self, pids: Callable[[], list[int]], interval: float = 0.1, pss_every: int = 10):
@@ -308,10 +309,14 @@ class MemoryMonitor:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
+        hwm: dict[str, int] = {}  # by name: a runtime's successive processes share one
+        for p, v in self.hwm.items():
+            name = self.names.get(p, str(p))
+            hwm[name] = max(hwm.get(name, 0), round(v))
         return {"peak_rss_mb": round(self.peak_rss_mb), "peak_pss_mb": round(self.peak_pss_mb),
-                "hwm_sum_mb": round(sum(self.hwm.values())), "processes": self.peak_processes,
+                "hwm_max_mb": round(max(self.hwm.values(), default=0.0)), "processes": self.peak_processes,
                 "interval_s": self.interval,
-                "hwm_mb": {self.names.get(p, str(p)): round(v) for p, v in self.hwm.items()},
+                "hwm_mb": hwm,
                 "at_peak_mb": {self.names.get(p, str(p)): round(v) for p, v in self.at_peak.items()}}
 
 
@@ -320,7 +325,7 @@ def format_memory(m: Mapping[str, Any]) -> str:
     gib = lambda v: f"{v / 1024:.2f} GiB"  # noqa: E731
     return (f"peak memory of the process tree: {gib(m['peak_rss_mb'])} resident (VmRSS summed over "
             f"{m['processes']} processes, sampled every {m['interval_s']:g} s), {gib(m['peak_pss_mb'])} proportional "
-            f"(PSS: shared library pages split), upper bound {gib(m['hwm_sum_mb'])} (each process's own peak, summed)")
+            f"(PSS: shared library pages split); largest process {gib(m['hwm_max_mb'])} (its own peak, VmHWM)")
 
 
 # ---------------------------------------------------------------------------
@@ -656,7 +661,15 @@ class WorkerPool:
                          and fw not in {ports.resolve(other).framework for other in p.labels}), None)
             if home is not None:
                 home.labels.append(label)
-        return home or self._start([label])
+        if home is None:  # a fresh process, which also loads the ports of its runtime's parked labels
+            hosted, frameworks = [label], {ports.resolve(label).framework}
+            for other, w in self._workers.items():
+                fw = ports.resolve(other).framework
+                if self.share_runtimes and w.process.parked and runtime(other) == runtime(label) and fw not in frameworks:
+                    hosted.append(other)
+                    frameworks.add(fw)
+            home = self._start(hosted)
+        return home
 
     def pids(self) -> list[int]:
         return [os.getpid()] + [p.pid for p in list(self._processes) if p.proc.poll() is None]
@@ -694,6 +707,10 @@ class WorkerPool:
                 p.request_stop()
         for label in wanted:
             self.runner(label).wake()
+
+    def running_runtimes(self) -> list[str]:
+        """The runtimes of the worker processes that run now (not parked)."""
+        return list(dict.fromkeys(p.name for p in self._processes if p.proc.poll() is None and not p.parked))
 
     def target_runner(self, target: str) -> Worker:
         """A worker of the framework that exports for ``target`` (``core.ports.TARGETS``)."""

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

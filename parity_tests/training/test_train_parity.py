@@ -9,7 +9,10 @@ each check failing on a deliberately broken port.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +54,9 @@ CHECKS = {"gradients": "train-gradients", "weights@1": "train-weights@1", "weigh
           "bn_stats@1": "train-bn-stats", "bn_stats@5": "train-bn-stats", "loss": "train-loss"}
 
 _RUNS: dict[tuple, TrainingRun] = {}
+#: a folder of PyTorch and Flax runs that a Keras-backend child (``ports/test_keras_backends.py``)
+#: reads instead of computing them again (its session wrote them: ``share_runs``)
+RUNS_DIR = "ROSETTA_TEST_TRAINING_RUNS"
 
 
 def batches(spec, batch: int, seed: int, n: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,11 +77,51 @@ def fresh_run(model: str, framework: str, opt: OptimizerConfig) -> TrainingRun:
 
 
 def run(model: str, framework: str, opt: OptimizerConfig) -> TrainingRun:
-    """``fresh_run``, cached for the session."""
+    """``fresh_run``, cached for the session (and read from ``$ROSETTA_TEST_TRAINING_RUNS``
+    where the parent session left it)."""
     key = (model, framework, opt)
     if key not in _RUNS:
-        _RUNS[key] = fresh_run(model, framework, opt)
+        path = run_file(os.environ.get(RUNS_DIR), model, framework, opt)
+        _RUNS[key] = load_run(path) if path is not None and path.exists() else fresh_run(model, framework, opt)
     return _RUNS[key]
+
+
+def run_file(folder: str | None, model: str, framework: str, opt: OptimizerConfig) -> Path | None:
+    """Where ``share_runs`` keeps a run: PyTorch's and Flax's only (a Keras run depends on the
+    process's backend)."""
+    if not folder or framework not in ("torch", "flax"):
+        return None
+    key = hashlib.sha256(repr((model, framework, opt)).encode()).hexdigest()[:16]
+    return Path(folder) / f"{model}-{framework}-{key}.npz"
+
+
+def share_runs(folder: Path, wanted: list[tuple[str, str, OptimizerConfig]]) -> None:
+    """Compute (or take from this session's cache) the PyTorch and Flax ``wanted`` runs and
+    write each to ``folder`` (``np.savez``: arrays only, nothing pickled)."""
+    for model, framework, opt in wanted:
+        path = run_file(str(folder), model, framework, opt)
+        if path is None or path.exists():
+            continue
+        r = run(model, framework, opt)
+        arrays = {"losses": np.asarray(r.losses, np.float64),
+                  **{f"start/{k}": v for k, v in r.start.items()}, **{f"grad/{k}": v for k, v in r.gradients.items()},
+                  **{f"w{step}/{k}": v for step, ws in r.weights.items() for k, v in ws.items()}}
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+
+def load_run(path: Path) -> TrainingRun:
+    """A run that ``share_runs`` wrote."""
+    with np.load(path, allow_pickle=False) as f:
+        parts: dict[str, dict[str, np.ndarray]] = {}
+        for name in f.files:
+            if name != "losses":
+                group, tensor = name.split("/", 1)
+                parts.setdefault(group, {})[tensor] = f[name]
+        losses = [float(v) for v in f["losses"]]
+    weights = {int(g[1:]): ts for g, ts in parts.items() if g.startswith("w")}
+    return TrainingRun(path.name.split("-")[1], parts["start"], parts["grad"], weights, losses)
 
 
 def failures(ref: TrainingRun, got: TrainingRun) -> list[str]:

@@ -28,7 +28,7 @@ def run_init(args: argparse.Namespace) -> int:
     name = args.preprocess or ("torchvision" if spec.input_shape[0] == 3 else None)
     prep = named(name, spec.input_shape) if name else None
     mod = ports.load(args.framework)
-    model = mod.build_model(spec, seed=args.seed)
+    model = mod.build_model(spec, seed=args.seed, initialize=False)  # the draw below sets every weight
     # non-trivial BatchNorm statistics (and weights) so a later parity check means something
     mod.import_weights(model, spec, random_canonical(spec, args.seed))
     save_canonical(args.out, spec, mod.export_weights(model, spec),

@@ -133,7 +133,7 @@ def _read(path: str, fmt: str, model: str | None, sets: dict[str, Any], allow_no
             raise RosettaError(f"reading a {fmt} file needs --model (the file does not name its model)")
         spec = _spec(model, {}, sets)
         mod = ports.load(NATIVE[fmt])
-        net = mod.build_model(spec)
+        net = mod.build_model(spec, initialize=False)  # the file sets every weight; only exported
         ports.module(NATIVE[fmt], "weights").load_native(net, spec, path)
         return spec, mod.export_weights(net, spec)
     raise RosettaError(f"cannot read format {fmt!r}" + (" (ONNX is a target only)" if fmt == "onnx" else ""))
@@ -189,7 +189,7 @@ def write(path: str, fmt: str, spec: Any, tensors: Mapping[str, Any], *, source:
         ports.module("torch", "onnx").export_onnx_tensors(spec, tensors, path)
     elif fmt in NATIVE:
         mod = ports.load(NATIVE[fmt])
-        net = mod.build_model(spec, initialize=False)  # every weight is imported next
+        net = mod.build_model(spec)  # initialised as usual: Keras' own files record the initialisers
         mod.import_weights(net, spec, tensors)
         ports.module(NATIVE[fmt], "weights").save_native(net, spec, path)
     else:

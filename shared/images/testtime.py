@@ -123,7 +123,7 @@ class Runner:
 
         self.framework, self.spec, self.tensors, self.batch = framework, spec, tensors, batch
         self.port = ports.load(framework)
-        self.model = self.port.build_model(spec)
+        self.model = self.port.build_model(spec, initialize=False)  # every weight is imported next
         self.port.import_weights(self.model, spec, tensors)
         self._fcn: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
@@ -136,7 +136,7 @@ class Runner:
             from ..formats.fcn import fcn_spec, fcn_weights
 
             fspec = fcn_spec(load_spec(self.spec.name, {**dict(self.spec.overrides), "input_size": list(key)}))
-            net = self.port.build_model(fspec)
+            net = self.port.build_model(fspec, initialize=False)
             self.port.import_weights(net, fspec, fcn_weights(self.spec, self.tensors))
             self._fcn[key] = net
             if len(self._fcn) > FCN_CACHE:

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from rosetta_cnn.training.trainer import OptimizerConfig
 from rosetta_cnn.verification.parity import format_matrix, model_parity, parity_spec
 from rosetta_cnn.verification.tolerances import tolerance
 
 from ..conftest import SMALL, needs
-from .keras_files import FAMILIES, FORMATS
 from ..parity import test_mutations
 from ..training import test_train_mutations, test_train_parity
+from .keras_files import FAMILIES, FORMATS
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "parity_tests" / "artifacts"
@@ -253,39 +252,23 @@ def parity_suite(heavy: bool) -> list[str]:
 SUITE_TESTS = {"test_parity_suite_on_backend": False, "test_parity_suite_on_backend_googlenet_training": True}
 
 
-def reference_runs(heavy: bool) -> list[tuple[str, str, OptimizerConfig]]:
-    """The PyTorch and Flax training runs that ``parity_suite(heavy)`` compares Keras with (this
-    session needs them too: ``training/``); a child reads them instead of computing them."""
-    sgd = OptimizerConfig("sgd", lr=test_train_parity.LR)
-    wanted = [(model, fw, sgd) for model in test_train_parity.FAMILIES if (model == HEAVY) == heavy
-              for fw in ("torch", "flax")]
-    if not heavy:
-        wanted += [("vgg11_bn", fw, OptimizerConfig(name, lr=test_train_parity.LR, eps=test_train_parity.ADAM_EPS))
-                   for name in ("adam", "adamw") for fw in ("torch", "flax")]
-    wanted += [(m[1], m[3], m[4]) for m in test_train_mutations.MUTATIONS.values()
-               if m[2] == "keras" and (m[1] == HEAVY) == heavy]
-    return wanted
-
-
 @pytest.fixture(scope="module")
 def suite_outcomes(request, tmp_path_factory) -> dict[str, dict[str, str]]:
     """One pytest process per backend runs the ``parity_suite`` ids of every selected test of
     ``SUITE_TESTS`` for that backend (the light and the heavy ones together, so the frameworks
     are imported once per backend): backend -> node id -> outcome (``-rA``'s PASSED, FAILED...).
-    The PyTorch and Flax runs the Keras runs are compared with are computed once, here
-    (``reference_runs``), and read by every child."""
+    The PyTorch and Flax training runs that the Keras runs are compared with are computed once,
+    by the first child, and read by the next and by this session's ``training/`` tests
+    (``test_train_parity.share_runs``)."""
     needs("torch", "keras", "flax")
     selected = {item.name for item in request.session.items}
-    runs, wanted = {}, []
+    runs = {}
     for backend in OTHER_BACKENDS:
         ids = [i for test, heavy in SUITE_TESTS.items() if f"{test}[{backend}]" in selected
                for i in parity_suite(heavy)]
-        wanted += [r for test, heavy in SUITE_TESTS.items() if f"{test}[{backend}]" in selected
-                   for r in reference_runs(heavy) if r not in wanted]
         if ids:
             runs[backend] = ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--durations=5", *ids]
-    shared = tmp_path_factory.mktemp("training-runs")
-    test_train_parity.share_runs(shared, wanted)
+    shared = str(tmp_path_factory.mktemp("training-runs"))
     # one backend at a time: each child holds about 2.5 GB, and side by side they would take
     # the whole suite's process tree past 6 GB (45 s faster); exit status 1: some tests failed
     # (each test below names its own)
@@ -297,6 +280,7 @@ def suite_outcomes(request, tmp_path_factory) -> dict[str, dict[str, str]]:
                              if line.split(" ", 1)[0] in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
                              and len(line.split(" ")) > 1}
         outcomes[backend]["__tail__"] = out[-4000:]
+    test_train_parity.share_runs(shared)
     return outcomes
 
 

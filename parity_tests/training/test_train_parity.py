@@ -54,9 +54,11 @@ CHECKS = {"gradients": "train-gradients", "weights@1": "train-weights@1", "weigh
           "bn_stats@1": "train-bn-stats", "bn_stats@5": "train-bn-stats", "loss": "train-loss"}
 
 _RUNS: dict[tuple, TrainingRun] = {}
-#: a folder of PyTorch and Flax runs that a Keras-backend child (``ports/test_keras_backends.py``)
-#: reads instead of computing them again (its session wrote them: ``share_runs``)
+#: a folder where PyTorch's and Flax's runs are kept for other processes: the Keras-backend
+#: children of ``ports/test_keras_backends.py`` (the first computes them, the next and this
+#: session read them); set in the children's environment, or by ``share_runs`` here
 RUNS_DIR = "ROSETTA_TEST_TRAINING_RUNS"
+_shared: list[str] = []
 
 
 def batches(spec, batch: int, seed: int, n: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,18 +78,28 @@ def fresh_run(model: str, framework: str, opt: OptimizerConfig) -> TrainingRun:
     return training_run(framework, spec, random_canonical(spec, seed=seed), batches(spec, batch, seed), opt)
 
 
+def share_runs(folder: str) -> None:
+    """From now on, read and keep this session's PyTorch and Flax runs in ``folder``."""
+    _shared[:] = [folder]
+
+
 def run(model: str, framework: str, opt: OptimizerConfig) -> TrainingRun:
-    """``fresh_run``, cached for the session (and read from ``$ROSETTA_TEST_TRAINING_RUNS``
-    where the parent session left it)."""
+    """``fresh_run``, cached for the session and, for PyTorch and Flax, in the shared folder
+    (``RUNS_DIR``) when there is one."""
     key = (model, framework, opt)
     if key not in _RUNS:
-        path = run_file(os.environ.get(RUNS_DIR), model, framework, opt)
-        _RUNS[key] = load_run(path) if path is not None and path.exists() else fresh_run(model, framework, opt)
+        path = run_file(os.environ.get(RUNS_DIR) or (_shared[0] if _shared else None), model, framework, opt)
+        if path is not None and path.exists():
+            _RUNS[key] = load_run(path)
+        else:
+            _RUNS[key] = fresh_run(model, framework, opt)
+            if path is not None:
+                save_run(path, _RUNS[key])
     return _RUNS[key]
 
 
 def run_file(folder: str | None, model: str, framework: str, opt: OptimizerConfig) -> Path | None:
-    """Where ``share_runs`` keeps a run: PyTorch's and Flax's only (a Keras run depends on the
+    """Where a shared run is kept: PyTorch's and Flax's only (a Keras run depends on the
     process's backend)."""
     if not folder or framework not in ("torch", "flax"):
         return None
@@ -95,24 +107,19 @@ def run_file(folder: str | None, model: str, framework: str, opt: OptimizerConfi
     return Path(folder) / f"{model}-{framework}-{key}.npz"
 
 
-def share_runs(folder: Path, wanted: list[tuple[str, str, OptimizerConfig]]) -> None:
-    """Compute (or take from this session's cache) the PyTorch and Flax ``wanted`` runs and
-    write each to ``folder`` (``np.savez``: arrays only, nothing pickled)."""
-    for model, framework, opt in wanted:
-        path = run_file(str(folder), model, framework, opt)
-        if path is None or path.exists():
-            continue
-        r = run(model, framework, opt)
-        arrays = {"losses": np.asarray(r.losses, np.float64),
-                  **{f"start/{k}": v for k, v in r.start.items()}, **{f"grad/{k}": v for k, v in r.gradients.items()},
-                  **{f"w{step}/{k}": v for step, ws in r.weights.items() for k, v in ws.items()}}
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+def save_run(path: Path, r: TrainingRun) -> None:
+    """``r`` as ``np.savez`` arrays (nothing pickled), written whole or not at all."""
+    arrays = {"losses": np.asarray(r.losses, np.float64),
+              **{f"start/{k}": v for k, v in r.start.items()}, **{f"grad/{k}": v for k, v in r.gradients.items()},
+              **{f"w{step}/{k}": v for step, ws in r.weights.items() for k, v in ws.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 def load_run(path: Path) -> TrainingRun:
-    """A run that ``share_runs`` wrote."""
+    """A run that ``save_run`` wrote."""
     with np.load(path, allow_pickle=False) as f:
         parts: dict[str, dict[str, np.ndarray]] = {}
         for name in f.files:

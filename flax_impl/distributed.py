@@ -164,7 +164,7 @@ class ShardedEngine:
 
     def build_trainer(self, spec: ModelSpec, opt: OptimizerConfig, *, seed: int = 0,
                       tensors: Mapping[str, np.ndarray] | None = None) -> ShardedTrainer:
-        model = build_model(spec, seed=seed)
+        model = build_model(spec, seed=seed, initialize=tensors is None)  # tensors set every weight
         if tensors is not None:
             weights.import_weights(model, spec, tensors)
         return ShardedTrainer(model, spec, opt, self)

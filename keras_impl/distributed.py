@@ -122,7 +122,7 @@ class DataParallelEngine:
 
     def build_trainer(self, spec: ModelSpec, opt: OptimizerConfig, *, seed: int = 0,
                       tensors: Mapping[str, np.ndarray] | None = None) -> DataParallelTrainer:
-        model = build_model(spec, seed=seed)  # under the distribution: variables replicated
+        model = build_model(spec, seed=seed, initialize=tensors is None)  # under the distribution: variables replicated
         if tensors is not None:
             weights.import_weights(model, spec, tensors)
         return DataParallelTrainer(model, spec, opt, self)
@@ -218,7 +218,7 @@ class MirroredEngine:
     def build_trainer(self, spec: ModelSpec, opt: OptimizerConfig, *, seed: int = 0,
                       tensors: Mapping[str, np.ndarray] | None = None) -> MirroredTrainer:
         with self.strategy.scope():  # mirrored variables: the model's and the optimizer's
-            model = build_model(spec, seed=seed)
+            model = build_model(spec, seed=seed, initialize=tensors is None)  # tensors set every weight
             if tensors is not None:
                 weights.import_weights(model, spec, tensors)
             if self.plan.sync_bn:

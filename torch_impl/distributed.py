@@ -109,7 +109,7 @@ class TorchEngine:
 
     def build_trainer(self, spec: ModelSpec, opt: OptimizerConfig, *, seed: int = 0,
                       tensors: Mapping[str, np.ndarray] | None = None) -> DDPTrainer:
-        model = build_model(spec, seed=seed)
+        model = build_model(spec, seed=seed, initialize=tensors is None)  # tensors set every weight
         if tensors is not None:
             import_weights(model, spec, tensors)
         return DDPTrainer(model, spec, opt, self)

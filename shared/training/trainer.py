@@ -145,7 +145,7 @@ def build_trainer(framework: str, spec: Any, opt: OptimizerConfig, tensors: Mapp
                   *, seed: int = 0) -> Trainer:
     """Build ``spec`` in ``framework``, load ``tensors`` (canonical) if given, wrap it in a trainer."""
     package = ports.load(framework)
-    model = package.build_model(spec, seed=seed)
+    model = package.build_model(spec, seed=seed, initialize=tensors is None)  # tensors set every weight
     if tensors is not None:
         package.import_weights(model, spec, tensors)
     return ports.module(framework, "train").make_trainer(model, spec, opt)

@@ -31,7 +31,7 @@ from rosetta_cnn.core.files import atomic_path
 from rosetta_cnn.core.spec import ModelSpec
 
 from .model import SpecModel, build_model
-from .weights import FRAMEWORK, import_weights, save_weights
+from .weights import FRAMEWORK, export_weights, import_weights
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -41,10 +41,7 @@ OPSET = 18
 def export_onnx(model: SpecModel, spec: ModelSpec, path: str | os.PathLike) -> None:
     """Write ``model`` (eval mode: no dropout, BatchNorm running statistics, no aux heads) as ONNX."""
     if "tensorflow" in sys.modules:
-        with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
-            weights = os.path.join(d, "weights.safetensors")
-            save_weights(model, spec, weights)
-            _export_in_subprocess(spec, weights, path)
+        _export_in_subprocess(spec, export_weights(model, spec), path)
         return
     was_training = model.training
     model.eval()
@@ -68,18 +65,19 @@ def export_onnx_tensors(spec: ModelSpec, tensors: Mapping[str, Any], path: str |
     fresh interpreter's weight file (no PyTorch model is built in this process); otherwise
     built, imported and exported here (:func:`export_onnx`)."""
     if "tensorflow" in sys.modules:
-        with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
-            weights = os.path.join(d, "weights.safetensors")
-            save_canonical(weights, spec, tensors, framework=FRAMEWORK)
-            _export_in_subprocess(spec, weights, path)
+        _export_in_subprocess(spec, tensors, path)
         return
     model = build_model(spec, initialize=False)
     import_weights(model, spec, tensors)
     export_onnx(model, spec, path)
 
 
-def _export_in_subprocess(spec: ModelSpec, weights: str, path: str | os.PathLike) -> None:
-    done = subprocess.run([sys.executable, "-m", __name__, weights, os.fspath(path)], capture_output=True, text=True)
+def _export_in_subprocess(spec: ModelSpec, tensors: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Canonical ``tensors`` to a temporary canonical file, exported by :func:`main` in a fresh interpreter."""
+    with tempfile.TemporaryDirectory(prefix="rosetta-onnx-") as d:
+        weights = os.path.join(d, "weights.safetensors")
+        save_canonical(weights, spec, tensors, framework=FRAMEWORK)
+        done = subprocess.run([sys.executable, "-m", __name__, weights, os.fspath(path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise RosettaError(f"ONNX export of {spec.name} failed in a subprocess: {done.stderr.strip()[-2000:]}")
 

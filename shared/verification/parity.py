@@ -377,11 +377,11 @@ def run_pairs(
         return draws.get(draw_seed)
 
     order = list(order) if order is not None else build_order(labels)
+    from .workers import runtime
+
     try:
         for pos, k in enumerate(order):
             if focus is not None:
-                from .workers import runtime
-
                 later = [labels[i] for i in order[pos + 1:] if runtime(labels[i]) != runtime(labels[k])]
                 focus(labels[k], later[0] if later else None)
             say(f"{spec.name}: {labels[k]} exports its random draw")

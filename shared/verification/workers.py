@@ -390,6 +390,11 @@ class WorkerProcess:
         return self.proc.pid
 
     @property
+    def running(self) -> bool:
+        """Alive and not parked (a parked process may still be exiting)."""
+        return self.proc.poll() is None and not self.parked
+
+    @property
     def title(self) -> str:
         """The labels it hosts, for reports (``torch+keras/torch``)."""
         return "+".join(self.labels)
@@ -700,7 +705,7 @@ class WorkerPool:
             if p.parked and p.proc.poll() is not None:  # exited: close its pipes and log
                 p.stop()
                 self._processes.remove(p)
-            elif p.name not in runtimes and not p.models and not p.parked and p.proc.poll() is None:
+            elif p.running and p.name not in runtimes and not p.models:
                 if self.monitor is not None:
                     self.monitor.record_high_water_marks(self._names())
                 p.parked = True
@@ -710,7 +715,7 @@ class WorkerPool:
 
     def running_runtimes(self) -> list[str]:
         """The runtimes of the worker processes that run now (not parked)."""
-        return list(dict.fromkeys(p.name for p in self._processes if p.proc.poll() is None and not p.parked))
+        return list(dict.fromkeys(p.name for p in self._processes if p.running))
 
     def target_runner(self, target: str) -> Worker:
         """A worker of the framework that exports for ``target`` (``core.ports.TARGETS``)."""
@@ -729,8 +734,7 @@ class WorkerPool:
 
     def processes(self) -> dict[str, list[str]]:
         """Each live worker process (its runtime and pid) -> the labels it hosts (parked ones not)."""
-        return {f"{p.name} (pid {p.pid})": list(p.labels) for p in self._processes
-                if p.proc.poll() is None and not p.parked}
+        return {f"{p.name} (pid {p.pid})": list(p.labels) for p in self._processes if p.running}
 
     def free_all(self) -> None:
         for w in self._workers.values():

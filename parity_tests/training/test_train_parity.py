@@ -33,14 +33,18 @@ FAMILIES: dict[str, dict] = {
     "googlenet": {"width_divisor": 8, "input_size": 64, "num_classes": 10, "dropout": 0.0, "dropout_aux": 0.0},
 }
 #: (batch size, seed of the weights and batches) per family. GoogLeNet at 64x64 has 2x2 maps
-#: in inception5 and a 3x3/1 max pool in every block: ~10^5 max-pool windows per step at batch 8,
-#: so most runs meet a window whose two largest values lie within fp32 rounding of each other.
-#: Where such a window is on the gradient's path, the argmax differs between frameworks (or
-#: between fp32 and fp64 in one) and the trajectories part by 0.1-0.8 by step 5. Widths /8 keep
-#: the window count down: seeds 1, 3 and 9 of 0-11 meet no such window in any implementation's 5
-#: steps (at widths /4, 1 seed of 24); seed 1's fp32 PyTorch gradients are 8.7e-5 from fp64.
+#: in inception5 and a 3x3/1 max pool in every block: ~5 x 10^5 max-pool windows in 5 steps at
+#: batch 8, so most seeds meet a window whose two largest values lie within fp32 rounding of each
+#: other. Where such a window is on the gradient's path, the argmax differs between frameworks (or
+#: between fp32 and fp64 in one) and the trajectories part by 0.1-0.8 by step 5; which framework
+#: flips depends on the CPU's kernels (seed 1 passed on an AMD EPYC and failed Keras on an Intel
+#: Xeon with AVX-512: 2.4e-3 at inception4b_branch4_conv, a near-tie in inception4c's pool).
+#: Seed 321 has the widest margin of seeds 0-336 in the fp64 PyTorch run of these 5 steps: every
+#: window's top two values are at least 0.4 x the largest fp32-vs-fp64 difference of that pool's
+#: windows apart (seed 1: 0.02), and it passes in all five implementations. Smaller batches do
+#: not help: at batch 2, BatchNorm over 8 values a channel in inception5 parts the runs by 1.
 #: See shared/verification/tolerances.py, train-gradients
-DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 1)}
+DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 321)}
 #: lr 1e-4: from random_canonical weights (no BatchNorm in AlexNet) lr 1e-3 already makes the
 #: loss jump 5 -> 0.8 -> 14 within 3 steps, where fp32 rounding is amplified chaotically
 STEPS, LR = 5, 1e-4

@@ -177,8 +177,8 @@ def test_torchvision_to_every_port_and_onnx(case, tmp_path, torchvision_child):
     if case in WITH_ONNX:
         if "onnx" not in ports.available_targets():
             pytest.skip("ONNX Runtime or the exporter is not installed")
-        if case not in LIGHT:  # the exporter's process holds ~3 GB for a VGG19-BN: the idle
-            torchvision_child.stop()  # torchvision child (~0.9 GB) makes way, as the suite's tree stays under 6 GB
+        if case not in LIGHT:  # the exporter's process holds ~3 GB for a VGG19-BN: the idle torchvision
+            torchvision_child.stop()  # child (~0.9 GB) makes way, so that the suite's process tree stays under 6 GB
         d = diff(ref, ports.target_forward("onnx", spec, tensors, x)["logits"])
         assert d.max_rel <= TOL, f"torchvision -> onnx: max_rel {d.max_rel:.2e}"
 

@@ -39,12 +39,16 @@ FAMILIES: dict[str, dict] = {
 #: between fp32 and fp64 in one) and the trajectories part by 0.1-0.8 by step 5; which framework
 #: flips depends on the CPU's kernels (seed 1 passed on an AMD EPYC and failed Keras on an Intel
 #: Xeon with AVX-512: 2.4e-3 at inception4b_branch4_conv, a near-tie in inception4c's pool).
-#: Seed 321 has the widest margin of seeds 0-336 in the fp64 PyTorch run of these 5 steps: every
-#: window's top two values are at least 0.4 x the largest fp32-vs-fp64 difference of that pool's
-#: windows apart (seed 1: 0.02), and it passes in all five implementations. Smaller batches do
-#: not help: at batch 2, BatchNorm over 8 values a channel in inception5 parts the runs by 1.
+#: A thread count alone changes the rounding enough: PyTorch on 1 thread reproduces seed 1's flip.
+#: So the seed is chosen to agree across ten numeric paths on that Xeon: PyTorch on 2 threads, on 1
+#: and in NCHW; Flax and Keras-on-JAX with and without the fast XLA flags; Keras on TensorFlow and
+#: on PyTorch. Of the 24 seeds of 0-336 with the widest margin from a tie in the fp64 PyTorch run
+#: (smallest gap of a window's top two values over that pool's largest fp32-vs-fp64 difference), 6
+#: agree on all ten; seed 73 has the most headroom (its worst check among the PyTorch paths and
+#: Flax at 0.22 of its tolerance; seed 321, the widest margin, reaches 1.1 on 1 thread). Smaller
+#: batches do not help: at batch 2, BatchNorm over 8 values a channel in inception5 parts the runs.
 #: See shared/verification/tolerances.py, train-gradients
-DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 321)}
+DATA = {"alexnet": (4, 1), "vgg11_bn": (4, 1), "googlenet": (8, 73)}
 #: lr 1e-4: from random_canonical weights (no BatchNorm in AlexNet) lr 1e-3 already makes the
 #: loss jump 5 -> 0.8 -> 14 within 3 steps, where fp32 rounding is amplified chaotically
 STEPS, LR = 5, 1e-4

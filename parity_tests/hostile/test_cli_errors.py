@@ -113,6 +113,32 @@ def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
     assert err.count("\n") == 1 and "unexpected KeyError" in err and "--debug" in err
 
 
+def test_a_closed_output_pipe_ends_quietly():
+    """``rosetta list | head``: the reader closes the pipe before the command writes; the
+    command ends with 128 + SIGPIPE and says nothing (before: "error: Broken pipe")."""
+    for command in (["list"], ["summary", "vgg11"]):
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from rosetta_cnn.cli import main; sys.exit(main())",
+                                 *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # no reader is left before the child writes a byte
+        try:
+            err = proc.communicate(timeout=120)[1].decode()
+        finally:
+            proc.kill()
+        assert (proc.returncode, err) == (128 + 13, ""), (command, proc.returncode, err)
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch, capsys):
+    """A worker's pipe breaking is a failure to report, not a closed standard output."""
+    from rosetta_cnn.cli import models
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(models, "run_list", broken)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "rosetta list: error: Broken pipe\n"
+
+
 # ---------------------------------------------------------------------------
 # interrupts and the file system, in child processes
 

@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -168,10 +169,34 @@ def report(command: str, e: BaseException) -> int:
     return 2
 
 
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (not some other pipe, such as
+    a worker's). If so, it is pointed at ``os.devnull``, so that the interpreter's final flush
+    does not fail a second time."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        if not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without readers reports POLLERR
+            return False
+    except BrokenPipeError:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # closed or replaced: not a pipe that broke
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure ends in one line on stderr and a non-zero exit status
     (2 for an error, 128 + the signal for an interruption), with no traceback unless
-    ``--debug`` or ROSETTA_DEBUG=1 asks for one."""
+    ``--debug`` or ROSETTA_DEBUG=1 asks for one. A reader that closes the output pipe early
+    (``rosetta list | head``) ends the command quietly with status 141, as Unix tools do."""
     # keep TensorFlow's C++ start-up banners (CPU features, XLA service) out of the tables
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = "command"
@@ -188,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:
+        if isinstance(e, BrokenPipeError) and stdout_closed():
+            return 128 + int(getattr(signal, "SIGPIPE", 13))  # ``rosetta list | head``: the reader left; end quietly, as cat does
         if debug:
             raise
         return report(command, e)

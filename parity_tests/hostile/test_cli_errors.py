@@ -113,30 +113,43 @@ def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
     assert err.count("\n") == 1 and "unexpected KeyError" in err and "--debug" in err
 
 
-def test_a_closed_output_pipe_ends_quietly():
+#: ``rosetta ARGS`` in a child; with ``broken``, ``rosetta list`` meets a pipe of its own that broke
+PIPE_CHILD = textwrap.dedent("""
+    import sys
+    from rosetta_cnn.cli import main, models
+
+    if sys.argv[1] == "broken":
+        def broken(args):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        models.run_list = broken
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def _pipe_child(mode: str, command: list[str], close_stdout: bool) -> tuple[int, str]:
+    proc = subprocess.Popen([sys.executable, "-c", PIPE_CHILD, mode, *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    if close_stdout:
+        proc.stdout.close()  # no reader is left before the child writes a byte
+    try:
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("command", [["list"], ["summary", "vgg11"]])
+def test_a_closed_output_pipe_ends_quietly(command):
     """``rosetta list | head``: the reader closes the pipe before the command writes; the
     command ends with 128 + SIGPIPE and says nothing (before: "error: Broken pipe")."""
-    for command in (["list"], ["summary", "vgg11"]):
-        proc = subprocess.Popen([sys.executable, "-c", "import sys; from rosetta_cnn.cli import main; sys.exit(main())",
-                                 *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        proc.stdout.close()  # no reader is left before the child writes a byte
-        try:
-            err = proc.communicate(timeout=120)[1].decode()
-        finally:
-            proc.kill()
-        assert (proc.returncode, err) == (128 + 13, ""), (command, proc.returncode, err)
+    assert _pipe_child("plain", command, close_stdout=True) == (128 + 13, "")
 
 
-def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch, capsys):
-    """A worker's pipe breaking is a failure to report, not a closed standard output."""
-    from rosetta_cnn.cli import models
-
-    def broken(args):
-        raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr(models, "run_list", broken)
-    assert main(["list"]) == 2
-    assert capsys.readouterr().err == "rosetta list: error: Broken pipe\n"
+def test_a_broken_pipe_elsewhere_is_still_an_error():
+    """A pipe of the command's own breaking (a worker's) while its standard output is still
+    read is a failure to report, not a reader that left."""
+    assert _pipe_child("broken", ["list"], close_stdout=False) == (2, "rosetta list: error: Broken pipe\n")
 
 
 # ---------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except BaseException as e:
         if isinstance(e, BrokenPipeError) and stdout_closed():
-            return 128 + int(getattr(signal, "SIGPIPE", 13))  # ``rosetta list | head``: the reader left; end quietly, as cat does
+            return 128 + int(getattr(signal, "SIGPIPE", 13))  # the reader left (``rosetta list | head``): no error
         if debug:
             raise
         return report(command, e)

@@ -174,18 +174,22 @@ def stdout_closed() -> bool:
     a worker's). If so, it is pointed at ``os.devnull``, so that the interpreter's final flush
     does not fail a second time."""
     try:
-        sys.stdout.flush()
         fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # closed or replaced: not a pipe that broke
+        return False
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader has gone
+    except (OSError, ValueError):
+        return False
+    else:
         if not hasattr(select, "poll"):
             return False
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without readers reports POLLERR
             return False
-    except BrokenPipeError:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError, AttributeError):  # closed or replaced: not a pipe that broke
-        return False
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
